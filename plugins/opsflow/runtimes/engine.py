@@ -1,0 +1,38 @@
+"""Docker Engine API access through the docker provider's hook.
+
+The Compose CLI is the right tool to act on a project; asking the engine what an image *is*
+(its id and digests, which a later rollback needs) is a structured query, so it goes to
+the API instead of parsing CLI output.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+DEFAULT_DOCKER_URL = "unix://var/run/docker.sock"
+
+
+def docker_url() -> str:
+    return os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_URL)
+
+
+def image_facts(references: list[str]) -> dict[str, dict[str, Any]]:
+    """Id, repo digests and creation time of each local image; ``None`` id if it is absent."""
+    from airflow.providers.docker.hooks.docker import DockerHook
+    from docker.errors import ImageNotFound
+
+    client = DockerHook(docker_conn_id=None, base_url=docker_url()).api_client
+    facts: dict[str, dict[str, Any]] = {}
+    for reference in references:
+        try:
+            image = client.inspect_image(reference)
+        except ImageNotFound:
+            facts[reference] = {"id": None}
+            continue
+        facts[reference] = {
+            "id": image["Id"],
+            "digests": image.get("RepoDigests") or [],
+            "created": image.get("Created"),
+        }
+    return facts
