@@ -39,6 +39,28 @@ def stack_path(name: str, directory: Path | None = None) -> Path:
     return (directory or stacks_dir()) / f"{name}.yaml"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe loader that refuses duplicate keys, which plain YAML resolves silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
@@ -49,16 +71,47 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
-def _describe(error: Any) -> str:
-    # Discriminated unions add the tag as a path element (e.g. "http"); it is not a key.
-    loc = tuple(
-        part
-        for part in error["loc"]
-        if not (isinstance(part, str) and part.startswith("function-"))
-    )
+def _clean_loc(loc: tuple[int | str, ...], data: Any) -> tuple[int | str, ...]:
+    """Drop what pydantic adds to a location that is not a key of the file.
+
+    Discriminated unions add the tag (``services[0].health[0].tcp.port``) and wrapped
+    validators a ``function-...`` element; walking the data tells a tag from a real key.
+    """
+    kept: list[int | str] = []
+    node = data
+    for part in loc:
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+            continue
+        kept.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(kept)
+
+
+def _describe(error: Any, data: Any) -> str:
+    loc = _clean_loc(tuple(error["loc"]), data)
     message = error["msg"]
     value = error.get("input")
-    shown = "" if error["type"] == "missing" else f" (got {value!r})"
+    if error["type"] == "stack_rule":
+        # A cross-field rule names its own path and value (see model.stack_rule_error).
+        ctx = error["ctx"]
+        loc = (*loc, *([ctx["path"]] if ctx["path"] else []))
+        value = ctx["value"]
+    message = message.removeprefix("Value error, ")
+    # No "(got ...)" when it adds nothing: a missing key, a message that already quotes
+    # the value, or a rule about a whole mapping (the message says what is wrong with it).
+    redundant = (
+        error["type"] == "missing"
+        or (isinstance(value, str) and repr(value) in message)
+        or (error["type"] == "value_error" and isinstance(value, dict))
+    )
+    shown = "" if redundant else f" (got {value!r})"
     if len(shown) > 200:
         shown = shown[:197] + "...)"
     return f"{_field_path(loc)}: {message}{shown}"
@@ -66,12 +119,14 @@ def _describe(error: Any) -> str:
 
 def parse_stack(data: Any, path: Path) -> Stack:
     """Validate already-loaded YAML data; ``path`` is for messages and the name check."""
+    if data is None:
+        raise StackFileError(path, ["(top level): the file is empty"])
     if not isinstance(data, dict):
         raise StackFileError(path, [f"(top level): expected a mapping, got {type(data).__name__}"])
     try:
         stack = Stack.model_validate(data)
     except ValidationError as exc:
-        raise StackFileError(path, [_describe(e) for e in exc.errors()]) from None
+        raise StackFileError(path, [_describe(e, data) for e in exc.errors()]) from None
     if stack.name != path.stem:
         raise StackFileError(
             path, [f"name: must equal the file name {path.stem!r} (got {stack.name!r})"]
@@ -85,7 +140,7 @@ def load_stack_file(path: Path) -> Stack:
     except OSError as exc:
         raise StackFileError(path, [f"cannot read: {exc.strerror or exc}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise StackFileError(path, [f"not valid YAML: {exc}"]) from None
     return parse_stack(data, path)

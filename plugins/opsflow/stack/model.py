@@ -1,0 +1,443 @@
+"""Typed model of a stack file (``include/stacks/<name>.yaml``).
+
+This module is the plain layer between YAML and Airflow objects: it imports no Airflow
+code, so it is cheap to import at DAG-parse time and testable on its own. Every model
+forbids unknown keys, so a typo in a stack file is an error rather than a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+STACK_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
+# Release versions end up in image tags and in argv; the same pattern guards the
+# trigger form, so anything that could be read by a shell is refused early.
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Accept ``30``, ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"`` or a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    raise ValueError(f"not a duration (use e.g. 30s, 5m, 2h, 7d): {value!r}")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
+Argv = Annotated[list[str], Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    """Base of every stack-file model: unknown keys are errors, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _relative_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"must be a relative path inside the stack's working dir: {value!r}")
+    return value
+
+
+RelativePath = Annotated[str, AfterValidator(_relative_path)]
+
+
+def stack_rule_error(path: str, message: str, value: Any) -> PydanticCustomError:
+    """A cross-field rule broken at ``path``; the loader reports it under that path.
+
+    Model validators only know the whole stack, so without this the error would be
+    reported at the top level with the entire file as its value.
+    """
+    return PydanticCustomError(
+        "stack_rule", "{message}", {"path": path, "message": message, "value": value}
+    )
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+class ComposeRuntime(Strict):
+    """A Docker Compose v2 project driven through the ``docker compose`` CLI."""
+
+    kind: Literal["compose"]
+    project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    working_dir: str = Field(description="relative to the stack file, or absolute")
+    files: list[RelativePath] = Field(default_factory=lambda: ["docker-compose.yml"], min_length=1)
+    env_file: str | None = None
+    images: Literal["build", "pull"] = "build"
+    version_variable: str = Field(default="OPSFLOW_VERSION", pattern=r"^[A-Z_][A-Z0-9_]*$")
+
+
+class KubernetesRuntime(Strict):
+    """A Kubernetes variant of a stack; expressed now, operated by a later issue."""
+
+    kind: Literal["kubernetes"]
+    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    kube_conn_id: str = "kubernetes_default"
+    manifests: list[str] = Field(default_factory=list)
+    deployments: list[str] = Field(default_factory=list)
+
+
+Runtime = Annotated[ComposeRuntime | KubernetesRuntime, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- health
+
+
+class HttpCheck(Strict):
+    kind: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1)
+    # Dotted JSON path -> expected value, e.g. {"status": "healthy"}.
+    expect_json: dict[str, Any] = Field(default_factory=dict)
+    timeout: Duration = timedelta(seconds=5)
+
+    @field_validator("expect_status", mode="before")
+    @classmethod
+    def _status_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+
+class TcpCheck(Strict):
+    kind: Literal["tcp"]
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    timeout: Duration = timedelta(seconds=3)
+
+
+class PostgresCheck(Strict):
+    """``SELECT 1`` through an Airflow connection (credentials never in the stack file)."""
+
+    kind: Literal["postgres"]
+    conn_id: str
+    timeout: Duration = timedelta(seconds=5)
+
+
+class RedisCheck(Strict):
+    """Redis ``PING`` through an Airflow connection (host, port, password)."""
+
+    kind: Literal["redis"]
+    conn_id: str
+    timeout: Duration = timedelta(seconds=3)
+
+
+class GrpcCheck(Strict):
+    """``grpc.health.v1.Health/Check``; an empty service asks for the server's overall state."""
+
+    kind: Literal["grpc"]
+    target: str = Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d+$")
+    service: str = ""
+    timeout: Duration = timedelta(seconds=5)
+
+
+class ContainerCheck(Strict):
+    """The Compose container health status of ``service`` (or running, without a healthcheck)."""
+
+    kind: Literal["container"]
+    service: str
+
+
+HealthCheck = Annotated[
+    HttpCheck | TcpCheck | PostgresCheck | RedisCheck | GrpcCheck | ContainerCheck,
+    Field(discriminator="kind"),
+]
+
+
+class HealthGate(Strict):
+    """Stack-level gate: pass after ``consecutive`` all-green rounds, fail after ``timeout``."""
+
+    consecutive: int = Field(default=3, ge=1, le=100)
+    interval: Duration = timedelta(seconds=5)
+    timeout: Duration = timedelta(minutes=5)
+
+
+# --------------------------------------------------------------------------- services
+
+
+class BuildSpec(Strict):
+    context: str
+    dockerfile: str | None = None
+
+
+class Service(Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    role: Literal[
+        "app", "worker", "gateway", "frontend", "database", "cache", "object_store", "other"
+    ] = "app"
+    # Image repository without tag; the runtime tags it with the release version.
+    image: str | None = None
+    build: BuildSpec | None = None
+    # Whether the image follows the release version (app code) or is pinned (postgres:15).
+    versioned: bool = True
+    ports: list[str] = Field(default_factory=list)
+    health: list[HealthCheck] = Field(default_factory=list)
+    # Services stopped while a restore rewrites the data they write.
+    writes_data: bool = False
+
+
+class Migration(Strict):
+    """A one-off container of the release's image that brings the schema to the release."""
+
+    tool: Literal["alembic", "golang-migrate", "yoyo", "sql-init", "custom"]
+    service: str
+    command: Argv
+    # Command that undoes the release's migrations, when it is safe to use.
+    down_command: list[str] | None = None
+    timeout: Duration = timedelta(minutes=10)
+
+
+# --------------------------------------------------------------------------- backups
+
+
+class PostgresSource(Strict):
+    name: str
+    conn_id: str
+    service: str | None = None
+    database: str
+    major_version: int | None = Field(default=None, ge=9, le=30)
+
+
+class RedisSource(Strict):
+    name: str
+    conn_id: str
+    service: str | None = None
+
+
+class BucketSource(Strict):
+    name: str
+    conn_id: str
+    bucket: str
+
+
+class BackupSources(Strict):
+    postgres: list[PostgresSource] = Field(default_factory=list)
+    redis: list[RedisSource] = Field(default_factory=list)
+    buckets: list[BucketSource] = Field(default_factory=list)
+    # Config files beyond the compose files, env file and stack file (always included).
+    files: list[str] = Field(default_factory=list)
+
+
+class S3Destination(Strict):
+    conn_id: str = "aws_default"
+    bucket: str
+    prefix: str = ""
+
+
+class Retention(Strict):
+    local_days: int = Field(default=7, ge=1)
+    offsite_days: int = Field(default=30, ge=1)
+    keep_last_verified: int = Field(default=3, ge=1)
+
+
+class Backup(Strict):
+    local_dir: str | None = None
+    s3: S3Destination | None = None
+    compression_level: int = Field(default=3, ge=1, le=19)
+    retention: Retention = Retention()
+    max_age: Duration = timedelta(hours=26)
+    sources: BackupSources = BackupSources()
+
+    @model_validator(mode="after")
+    def _has_destination(self) -> Backup:
+        has_sources = any(
+            (self.sources.postgres, self.sources.redis, self.sources.buckets, self.sources.files)
+        )
+        if has_sources and not (self.local_dir or self.s3):
+            raise ValueError("backup has sources but neither local_dir nor s3 destination")
+        return self
+
+
+# --------------------------------------------------------------------------- logs
+
+
+class LogRoot(Strict):
+    """A directory of log files: a host path, or the host path of a named volume."""
+
+    path: str | None = None
+    volume: str | None = None
+    subdir: str = ""
+    patterns: list[str] = Field(default_factory=lambda: ["*.log"], min_length=1)
+    compress_after_days: int | None = Field(default=None, ge=0)
+    delete_after_days: int | None = Field(default=None, ge=0)
+    max_total_size: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*[KMGT]?i?B?$")
+    min_age_minutes: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> LogRoot:
+        if (self.path is None) == (self.volume is None):
+            raise ValueError("a log root needs exactly one of path or volume")
+        for index, pattern in enumerate(self.patterns):
+            if ".." in PurePosixPath(pattern).parts or pattern.startswith("/"):
+                raise stack_rule_error(
+                    f"patterns[{index}]", "a pattern must stay inside its root", pattern
+                )
+        return self
+
+
+class ContainerLogLimits(Strict):
+    required: bool = False
+    max_size: str = Field(default="10m", pattern=r"^\d+[kmg]?$")
+    max_file: int = Field(default=3, ge=1)
+
+
+class Logs(Strict):
+    roots: list[LogRoot] = Field(default_factory=list)
+    container_limits: ContainerLogLimits = ContainerLogLimits()
+    keep_images_releases: int = Field(default=3, ge=2)
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+class SlackRoute(Strict):
+    """Slack incoming webhook; the URL is the password of an Airflow connection."""
+
+    kind: Literal["slack"]
+    conn_id: str
+    channel: str | None = None
+
+
+class EmailRoute(Strict):
+    kind: Literal["email"]
+    conn_id: str = "smtp_default"
+    to: list[str] = Field(min_length=1)
+
+    @field_validator("to")
+    @classmethod
+    def _emails(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+", address):
+                raise ValueError(f"not an email address: {address!r}")
+        return addresses
+
+
+class WebhookRoute(Strict):
+    """Generic JSON POST to the URL of an Airflow HTTP connection."""
+
+    kind: Literal["webhook"]
+    conn_id: str
+
+
+AlertRoute = Annotated[SlackRoute | EmailRoute | WebhookRoute, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+class Schedules(Strict):
+    """Cron expressions (or presets like ``@daily``) in the stack's timezone; null = manual.
+
+    Deploy and upgrade are always manual: they need a version chosen by a person.
+    """
+
+    backup: str | None = "0 2 * * *"
+    log_cleanup: str | None = "30 3 * * *"
+
+
+# --------------------------------------------------------------------------- stack
+
+
+class Stack(Strict):
+    name: str = Field(pattern=STACK_NAME_PATTERN)
+    description: str = ""
+    owner: str = "opsflow"
+    timezone: str = "UTC"
+    tags: list[str] = Field(default_factory=list)
+    runtime: Runtime
+    # Other runtimes the same stack is described for (ai-doc and Backend2 also ship
+    # Kubernetes manifests). Recorded and validated; the workflows operate ``runtime``.
+    variants: list[Runtime] = Field(default_factory=list)
+    services: list[Service] = Field(min_length=1)
+    migration: Migration | None = None
+    health_gate: HealthGate = HealthGate()
+    backup: Backup = Backup()
+    logs: Logs = Logs()
+    alerts: list[AlertRoute] = Field(default_factory=list)
+    schedules: Schedules = Schedules()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone: {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Stack:
+        seen: set[str] = set()
+        for index, service in enumerate(self.services):
+            if service.name in seen:
+                raise stack_rule_error(
+                    f"services[{index}].name", "duplicate service name", service.name
+                )
+            seen.add(service.name)
+        referenced: list[tuple[str, str | None]] = []
+        if self.migration:
+            referenced.append(("migration.service", self.migration.service))
+        for index, service in enumerate(self.services):
+            for number, check in enumerate(service.health):
+                if isinstance(check, ContainerCheck):
+                    referenced.append(
+                        (f"services[{index}].health[{number}].service", check.service)
+                    )
+        sources = self.backup.sources
+        for index, database in enumerate(sources.postgres):
+            referenced.append((f"backup.sources.postgres[{index}].service", database.service))
+        for index, cache in enumerate(sources.redis):
+            referenced.append((f"backup.sources.redis[{index}].service", cache.service))
+        for where, name in referenced:
+            if name is not None and name not in seen:
+                raise stack_rule_error(
+                    where, f"names an unknown service (known: {sorted(seen)})", name
+                )
+        kinds = [self.runtime.kind]
+        for index, variant in enumerate(self.variants):
+            if variant.kind in kinds:
+                raise stack_rule_error(
+                    f"variants[{index}].kind",
+                    "a variant must use a runtime kind not already described",
+                    variant.kind,
+                )
+            kinds.append(variant.kind)
+        return self
+
+    @property
+    def checks(self) -> list[HealthCheck]:
+        """Every health check of every service, in file order."""
+        return [check for service in self.services for check in service.health]
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
