@@ -1,0 +1,1 @@
+"""Deferrable sensors: wait in the triggerer, not in a worker slot."""

@@ -1,0 +1,1 @@
+"""Triggers that run in the triggerer; importable from ``plugins/`` on ``sys.path``."""

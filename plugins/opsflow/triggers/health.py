@@ -1,0 +1,168 @@
+"""Stack-level health gate that waits in the triggerer instead of a worker slot.
+
+A gate passes only after ``consecutive`` rounds in a row where every check passed; one
+failing check resets the streak, so a flapping service never passes. The deadline comes
+from ``started_at``, so a trigger rebuilt after a triggerer restart keeps its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from opsflow.triggers.checks import CheckResult, ComposeContext, checks_from_data, run_check
+
+CLASSPATH = "opsflow.triggers.health.HealthGateTrigger"
+
+
+def _event(payload: dict[str, Any]) -> TriggerEvent:
+    return TriggerEvent(payload)  # type: ignore[no-untyped-call]
+
+
+class HealthGateTrigger(BaseTrigger):
+    """Fire ``success`` after ``consecutive`` all-green rounds, ``timeout`` at the deadline.
+
+    Events (all plain JSON):
+
+    - ``{"status": "success", "rounds", "streak", "elapsed", "results"}``
+    - ``{"status": "timeout", "reason", "rounds", "streak", "consecutive", "elapsed",
+      "failing": [{"name", "detail"}], "results"}`` where ``failing`` lists every check that
+      failed in the last round, or, when the last round passed but the streak was too short,
+      the checks of the most recent failing round.
+    - ``{"status": "error", "message"}`` for arguments that cannot be used.
+    """
+
+    def __init__(
+        self,
+        *,
+        checks: list[dict[str, Any]],
+        consecutive: int,
+        interval: float,
+        timeout: float,
+        compose: dict[str, Any] | None = None,
+        started_at: str | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.checks = [dict(check) for check in checks]
+        self.consecutive = int(consecutive)
+        self.interval = float(interval)
+        self.timeout = float(timeout)
+        self.compose = dict(compose) if compose is not None else None
+        self.started_at = started_at or datetime.now(UTC).isoformat()
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            CLASSPATH,
+            {
+                "checks": self.checks,
+                "consecutive": self.consecutive,
+                "interval": self.interval,
+                "timeout": self.timeout,
+                "compose": self.compose,
+                "started_at": self.started_at,
+            },
+        )
+
+    def _seconds_left(self) -> float:
+        started = datetime.fromisoformat(self.started_at)
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=UTC)
+        return self.timeout - (datetime.now(UTC) - started).total_seconds()
+
+    def _elapsed(self) -> float:
+        return round(self.timeout - self._seconds_left(), 1)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            checks = checks_from_data(self.checks)
+            compose = ComposeContext.from_dict(self.compose) if self.compose else None
+            if not checks:
+                raise ValueError("a health gate needs at least one check")
+            if self.consecutive < 1:
+                raise ValueError(f"consecutive must be >= 1, got {self.consecutive}")
+            if self.interval < 0 or self.timeout <= 0:
+                raise ValueError(
+                    f"interval must be >= 0 and timeout > 0, got {self.interval}, {self.timeout}"
+                )
+            self._seconds_left()  # a malformed started_at is an argument error too
+        except ValueError as exc:
+            yield _event({"status": "error", "message": f"invalid health gate: {exc}"})
+            return
+
+        rounds = 0
+        streak = 0
+        results: list[CheckResult] = []
+        recent_failures: list[CheckResult] = []
+        while True:
+            rounds += 1
+            results = list(await asyncio.gather(*(run_check(c, compose) for c in checks)))
+            failed = [r for r in results if not r.ok]
+            if failed:
+                streak = 0
+                recent_failures = failed
+                self.log.info(
+                    "Health round %s: %s of %s checks failing: %s",
+                    rounds,
+                    len(failed),
+                    len(results),
+                    "; ".join(f"{r.name}: {r.detail}" for r in failed),
+                )
+            else:
+                streak += 1
+                self.log.info(
+                    "Health round %s: all %s checks passed (%s of %s in a row)",
+                    rounds,
+                    len(results),
+                    streak,
+                    self.consecutive,
+                )
+            if streak >= self.consecutive:
+                yield _event(
+                    {
+                        "status": "success",
+                        "rounds": rounds,
+                        "streak": streak,
+                        "elapsed": self._elapsed(),
+                        "results": [r.to_dict() for r in results],
+                    }
+                )
+                return
+            left = self._seconds_left()
+            if left > 0:
+                await asyncio.sleep(min(self.interval, left))
+            # A new round starts only before the deadline.
+            if self._seconds_left() <= 0:
+                yield _event(self._timeout_event(rounds, streak, results, recent_failures))
+                return
+
+    def _timeout_event(
+        self,
+        rounds: int,
+        streak: int,
+        results: list[CheckResult],
+        recent_failures: list[CheckResult],
+    ) -> dict[str, Any]:
+        failed = [r for r in results if not r.ok]
+        if failed:
+            reason = f"{len(failed)} of {len(results)} checks failing"
+            failing = failed
+        else:
+            reason = (
+                f"all {len(results)} checks passed the last round, but only {streak} of "
+                f"{self.consecutive} consecutive rounds were green"
+            )
+            failing = recent_failures
+        return {
+            "status": "timeout",
+            "reason": reason,
+            "rounds": rounds,
+            "streak": streak,
+            "consecutive": self.consecutive,
+            "elapsed": self._elapsed(),
+            "failing": [{"name": r.name, "detail": r.detail} for r in failing],
+            "results": [r.to_dict() for r in results],
+        }

@@ -1,0 +1,307 @@
+"""Health probes and the health gate trigger against real in-process servers."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+
+from conftest import GrpcHealthServer, SwitchableHealthServer, free_port
+from opsflow.stack.model import GrpcCheck, HealthCheck, HttpCheck, PostgresCheck, TcpCheck
+from opsflow.triggers.checks import (
+    CheckResult,
+    ComposeContext,
+    check_from_data,
+    check_name,
+    check_to_data,
+    parse_compose_ps,
+    run_check,
+)
+from opsflow.triggers.health import HealthGateTrigger
+
+ADAPTER: TypeAdapter[HealthCheck] = TypeAdapter(HealthCheck)
+
+
+def check(**data: Any) -> HealthCheck:
+    return ADAPTER.validate_python(data)
+
+
+def probe(health_check: HealthCheck, compose: ComposeContext | None = None) -> CheckResult:
+    return asyncio.run(run_check(health_check, compose))
+
+
+def run_trigger(trigger: HealthGateTrigger) -> list[dict[str, Any]]:
+    async def collect() -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(collect(), timeout=60))
+
+
+def gate(checks: list[HealthCheck], **kwargs: Any) -> HealthGateTrigger:
+    settings: dict[str, Any] = {"consecutive": 1, "interval": 0.05, "timeout": 10.0}
+    settings.update(kwargs)
+    return HealthGateTrigger(checks=[check_to_data(c) for c in checks], **settings)
+
+
+# --------------------------------------------------------------------------- plain data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"kind": "http", "url": "http://127.0.0.1:1/h", "expect_json": {"a.b": 1}, "timeout": "2s"},
+        {"kind": "tcp", "port": 5432, "timeout": 1.5},
+        {"kind": "postgres", "conn_id": "pg"},
+        {"kind": "redis", "conn_id": "cache", "timeout": "250ms"},
+        {"kind": "grpc", "target": "127.0.0.1:50051", "service": "api"},
+        {"kind": "container", "service": "web"},
+    ],
+)
+def test_check_data_round_trips_through_json(data: dict[str, Any]) -> None:
+    original = check(**data)
+    stored = json.loads(json.dumps(check_to_data(original)))
+    assert check_from_data(stored) == original
+
+
+def test_durations_travel_as_seconds() -> None:
+    assert check_to_data(check(kind="tcp", port=1, timeout="1500ms"))["timeout"] == 1.5
+
+
+def test_compose_context_builds_absolute_paths() -> None:
+    compose = ComposeContext.from_dict(
+        {"project": "shop", "working_dir": "/srv/shop", "files": ["a.yml", "/etc/b.yml"],
+         "env_file": ".env"}
+    )  # fmt: skip
+    assert compose.base_argv() == [
+        "docker", "compose", "-p", "shop", "--project-directory", "/srv/shop",
+        "-f", "/srv/shop/a.yml", "-f", "/etc/b.yml", "--env-file", "/srv/shop/.env",
+    ]  # fmt: skip
+    assert compose.base_argv(with_files=False) == ["docker", "compose", "-p", "shop"]
+    assert ComposeContext.from_dict(compose.to_dict()) == compose
+    with pytest.raises(ValueError, match="'nope'"):
+        ComposeContext.from_dict({"project": "shop", "working_dir": "/x", "nope": 1})
+
+
+def test_compose_ps_output_in_both_formats() -> None:
+    rows = [{"Service": "web", "State": "running"}, {"Service": "db", "State": "exited"}]
+    assert parse_compose_ps("\n".join(json.dumps(r) for r in rows)) == rows
+    assert parse_compose_ps(json.dumps(rows)) == rows
+    assert parse_compose_ps("") == []
+
+
+# --------------------------------------------------------------------------- http
+
+
+def test_http_healthy(health_http_server: SwitchableHealthServer) -> None:
+    result = probe(
+        check(kind="http", url=health_http_server.url,
+              expect_json={"status": "healthy", "checks.db": "ok"})
+    )  # fmt: skip
+    assert result == CheckResult(f"http GET {health_http_server.url}", True, "status 200")
+
+
+def test_http_503_fails_with_status(health_http_server: SwitchableHealthServer) -> None:
+    health_http_server.mode = "503"
+    result = probe(check(kind="http", url=health_http_server.url))
+    assert not result.ok
+    assert result.detail.startswith("status 503, expected [200]")
+
+
+def test_http_wrong_json_field_fails(health_http_server: SwitchableHealthServer) -> None:
+    health_http_server.mode = "wrong_json"
+    result = probe(
+        check(kind="http", url=health_http_server.url,
+              expect_json={"status": "healthy", "checks.db": "ok", "checks.cache": "ok"})
+    )  # fmt: skip
+    assert not result.ok
+    assert result.detail == (
+        "status is 'degraded', expected 'healthy'; checks.cache missing (expected 'ok')"
+    )
+
+
+def test_http_head_and_status_list(health_http_server: SwitchableHealthServer) -> None:
+    health_http_server.mode = "503"
+    result = probe(
+        check(kind="http", url=health_http_server.url, method="HEAD", expect_status=[200, 503])
+    )
+    assert result.ok and result.name.startswith("http HEAD ")
+
+
+def test_http_times_out(health_http_server: SwitchableHealthServer) -> None:
+    health_http_server.mode = "slow"
+    result = probe(check(kind="http", url=health_http_server.url, timeout="0.5s"))
+    assert result == CheckResult(
+        f"http GET {health_http_server.url}", False, "timed out after 0.5s"
+    )
+
+
+def test_http_connection_refused_is_a_result() -> None:
+    url = f"http://127.0.0.1:{free_port()}/health"
+    result = probe(check(kind="http", url=url))
+    assert not result.ok
+    assert result.detail.startswith("ClientConnectorError: ")
+    assert "\n" not in result.detail
+
+
+# --------------------------------------------------------------------------- tcp / grpc
+
+
+def test_tcp_open_and_closed(tcp_listener: int) -> None:
+    assert probe(check(kind="tcp", port=tcp_listener)) == CheckResult(
+        f"tcp 127.0.0.1:{tcp_listener}", True, "connected"
+    )
+    closed = probe(check(kind="tcp", port=free_port()))
+    assert not closed.ok
+    assert closed.detail.startswith("ConnectionRefusedError")
+
+
+def test_grpc_serving_and_not_serving(grpc_health_server: GrpcHealthServer) -> None:
+    target = grpc_health_server.target
+    assert probe(check(kind="grpc", target=target)) == CheckResult(
+        f"grpc {target} (server)", True, "SERVING"
+    )
+    grpc_health_server.set("opsflow.Api", serving=False)
+    result = probe(check(kind="grpc", target=target, service="opsflow.Api"))
+    assert result == CheckResult(f"grpc {target} opsflow.Api", False, "NOT_SERVING")
+    unknown = probe(check(kind="grpc", target=target, service="nope"))
+    assert not unknown.ok and unknown.detail.startswith("NOT_FOUND")
+
+
+def test_grpc_unreachable_fails_within_its_timeout() -> None:
+    result = probe(check(kind="grpc", target=f"127.0.0.1:{free_port()}", timeout="1s"))
+    assert not result.ok
+    assert result.detail.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED", "timed out"))
+
+
+# --------------------------------------------------------------------------- no check raises
+
+
+def test_missing_connection_is_a_failed_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_OPSFLOW_NO_SUCH_CONN", raising=False)
+    result = probe(PostgresCheck(kind="postgres", conn_id="opsflow_no_such_conn"))
+    assert not result.ok
+    assert "opsflow_no_such_conn" in result.detail
+
+
+def test_container_check_without_compose_is_a_failed_result() -> None:
+    result = probe(check(kind="container", service="web"))
+    assert result == CheckResult("container web", False, "no compose project given for a "
+                                 "container check")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def test_gate_passes_after_exactly_n_consecutive_rounds(
+    health_http_server: SwitchableHealthServer, tcp_listener: int
+) -> None:
+    checks = [check(kind="http", url=health_http_server.url), check(kind="tcp", port=tcp_listener)]
+    [event] = run_trigger(gate(checks, consecutive=3))
+    assert event["status"] == "success"
+    assert (event["rounds"], event["streak"]) == (3, 3)
+    assert health_http_server.hits == 3
+    assert [r["ok"] for r in event["results"]] == [True, True]
+
+
+def test_a_failure_resets_the_streak(health_http_server: SwitchableHealthServer) -> None:
+    health_http_server.fail_first = 2
+    [event] = run_trigger(gate([check(kind="http", url=health_http_server.url)], consecutive=3))
+    assert event["status"] == "success"
+    assert event["rounds"] == 5  # two red rounds, then three green ones
+
+
+def test_flapping_server_never_passes(health_http_server: SwitchableHealthServer) -> None:
+    health_http_server.mode = "flapping"
+    http = check(kind="http", url=health_http_server.url)
+    [event] = run_trigger(gate([http], consecutive=2, interval=0.05, timeout=1.5))
+    assert event["status"] == "timeout"
+    assert event["rounds"] >= 6
+    assert [f["name"] for f in event["failing"]] == [check_name(http)]
+    assert event["failing"][0]["detail"].startswith("status 503")
+
+
+def test_short_streak_at_the_deadline_is_explained(
+    health_http_server: SwitchableHealthServer,
+) -> None:
+    health_http_server.fail_first = 1
+    http = check(kind="http", url=health_http_server.url)
+    [event] = run_trigger(gate([http], consecutive=50, interval=0.1, timeout=0.5))
+    assert event["status"] == "timeout"
+    assert event["reason"].startswith("all 1 checks passed the last round, but only ")
+    assert event["failing"] == [{"name": check_name(http), "detail": "status 503, expected "
+                                 "[200]: {\"status\": \"down\"}"}]  # fmt: skip
+
+
+def test_timeout_lists_every_failing_check(
+    health_http_server: SwitchableHealthServer, grpc_health_server: GrpcHealthServer
+) -> None:
+    grpc_health_server.set("opsflow.Api", serving=False)
+    checks = [
+        check(kind="http", url=health_http_server.url),
+        check(kind="tcp", port=free_port()),
+        check(kind="grpc", target=grpc_health_server.target, service="opsflow.Api"),
+        check(kind="http", url=f"http://127.0.0.1:{free_port()}/ready"),
+        check(kind="grpc", target=grpc_health_server.target),
+    ]
+    [event] = run_trigger(gate(checks, consecutive=2, timeout=0.5))
+    assert event["status"] == "timeout"
+    assert event["reason"] == "3 of 5 checks failing"
+    failing = {f["name"]: f["detail"] for f in event["failing"]}
+    assert set(failing) == {check_name(checks[i]) for i in (1, 2, 3)}
+    assert failing[check_name(checks[2])] == "NOT_SERVING"
+    assert failing[check_name(checks[1])].startswith("ConnectionRefusedError")
+    assert len(event["results"]) == 5
+    json.dumps(event)  # events are plain JSON
+
+
+def test_resumed_trigger_keeps_its_deadline(health_http_server: SwitchableHealthServer) -> None:
+    health_http_server.mode = "503"
+    started = (datetime.now(UTC) - timedelta(seconds=100)).isoformat()
+    trigger = gate(
+        [check(kind="http", url=health_http_server.url)], timeout=60.0, started_at=started
+    )
+    [event] = run_trigger(trigger)
+    assert event["status"] == "timeout"
+    assert event["rounds"] == 1
+    assert event["elapsed"] >= 100
+
+
+def test_bad_arguments_are_an_error_event() -> None:
+    trigger = HealthGateTrigger(
+        checks=[{"kind": "tcp", "port": 0}], consecutive=1, interval=1.0, timeout=5.0
+    )
+    [event] = run_trigger(trigger)
+    assert event["status"] == "error"
+    assert event["message"].startswith("invalid health gate: ")
+    assert "port" in event["message"]
+
+
+def test_serialize_round_trip() -> None:
+    checks = [
+        HttpCheck(kind="http", url="http://127.0.0.1:8080/ready", expect_json={"status": "ok"}),
+        TcpCheck(kind="tcp", port=5432),
+        GrpcCheck(kind="grpc", target="127.0.0.1:50051"),
+        check(kind="container", service="web"),
+    ]
+    compose = ComposeContext(project="shop", working_dir="/srv/shop", env_file=".env")
+    trigger = HealthGateTrigger(
+        checks=[check_to_data(c) for c in checks],
+        consecutive=3,
+        interval=5.0,
+        timeout=300.0,
+        compose=compose.to_dict(),
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "opsflow.triggers.health.HealthGateTrigger"
+    module, _, name = classpath.rpartition(".")
+    rebuilt = getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
+    assert isinstance(rebuilt, HealthGateTrigger)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert kwargs["started_at"] == trigger.started_at
+    assert [check_from_data(c) for c in kwargs["checks"]] == checks
+    assert ComposeContext.from_dict(kwargs["compose"]) == compose
