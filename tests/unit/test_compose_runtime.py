@@ -49,7 +49,7 @@ def test_every_command_names_the_project_and_its_files(project: ComposeProject) 
 
 def test_release_commands(project: ComposeProject) -> None:
     assert project.build_argv()[-1] == "build"
-    assert project.migrate_argv()[-6:] == ["--pull", "never", "api", "alembic", "upgrade", "head"]
+    assert project.migrate_argv()[-6:] == ["--rm", "--no-TTY", "api", "alembic", "upgrade", "head"]
     up = project.up_argv()
     assert up[up.index("up") :] == [
         "up", "--detach", "--no-build", "--pull", "never", "--remove-orphans",

@@ -10,14 +10,13 @@ file interpolates into image tags, never as text spliced into a command.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opsflow.runtimes.process import ProcessRunner
+from opsflow.runtimes.process import LineLogger, ProcessRunner
 from opsflow.stack.loader import resolve_working_dir
 from opsflow.stack.model import VERSION_PATTERN, ComposeRuntime, Stack
 
@@ -27,9 +26,7 @@ _VERSION = re.compile(VERSION_PATTERN)
 def check_version(version: str) -> str:
     """Refuse anything but letters, digits, ``.``, ``_``, ``-`` (the trigger form's rule)."""
     if not isinstance(version, str) or not _VERSION.fullmatch(version):
-        raise ValueError(
-            f"invalid version {version!r}: use letters, digits, '.', '_' and '-' only"
-        )
+        raise ValueError(f"invalid version {version!r}: use letters, digits, '.', '_' and '-' only")
     return version
 
 
@@ -88,8 +85,6 @@ class ComposeProject:
             "run",
             "--rm",
             "--no-TTY",
-            "--pull",
-            "never",
             migration.service,
             *migration.command,
         ]
@@ -120,7 +115,7 @@ class ComposeProject:
 
     # ------------------------------------------------------------------ running
 
-    def runner(self, version: str, log: logging.Logger) -> ProcessRunner:
+    def runner(self, version: str, log: LineLogger) -> ProcessRunner:
         return ProcessRunner(log=log, env=self.env(version), cwd=self.working_dir)
 
     def _capture(self, argv: list[str], version: str) -> str:
@@ -151,8 +146,7 @@ class ComposeProject:
         services = self.config(version).get("services", {})
         # A service with only a build section gets Compose's default name.
         return {
-            name: str(spec.get("image") or f"{self.name}-{name}")
-            for name, spec in services.items()
+            name: str(spec.get("image") or f"{self.name}-{name}") for name, spec in services.items()
         }
 
 

@@ -6,7 +6,7 @@ the command's last lines so the alert and the summary say what went wrong.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import shlex
 import signal
@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 TAIL_LINES = 40
 
@@ -26,9 +27,22 @@ class CommandFailed(RuntimeError):
 
     def __init__(self, result: CommandResult) -> None:
         self.result = result
-        why = "timed out" if result.timed_out else f"exited with {result.returncode}"
         tail = "\n".join(result.tail[-15:])
-        super().__init__(f"{result.command} {why} after {result.seconds:.1f}s\n{tail}")
+        super().__init__(f"{self.summary}\n$ {result.command}\n{tail}")
+
+    @property
+    def summary(self) -> str:
+        """One line: how it ended and the last thing it printed (usually the cause)."""
+        result = self.result
+        why = "timed out" if result.timed_out else f"exited with {result.returncode}"
+        last = next((line.strip() for line in reversed(result.tail) if line.strip()), "")
+        return f"{why} after {result.seconds:.1f}s" + (f": {last}" if last else "")
+
+
+class LineLogger(Protocol):
+    """Anything with ``info(msg, *args)``: a stdlib logger or Airflow's task logger."""
+
+    def info(self, msg: Any, /, *args: Any) -> Any: ...
 
 
 @dataclass
@@ -48,7 +62,7 @@ class CommandResult:
 class ProcessRunner:
     """Runs commands with a fixed environment; keeps the child so ``on_kill`` can stop it."""
 
-    log: logging.Logger
+    log: LineLogger
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     _child: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
@@ -105,7 +119,5 @@ class ProcessRunner:
             os.killpg(child.pid, signal.SIGTERM)
             child.wait(timeout=20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass

@@ -27,6 +27,10 @@ STACK_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
 # Release versions end up in image tags and in argv; the same pattern guards the
 # trigger form, so anything that could be read by a shell is refused early.
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# The same rule for the trigger form's JSON schema. Its validators search with ``$``, which
+# also matches before a trailing newline; the lookahead means "end of input" in both the
+# browser's (ECMA) and Python's regex dialects.
+PARAM_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?![\s\S])"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 

@@ -1,0 +1,34 @@
+# opsflow: the two commands of the README are `make demo` and `make test`.
+# Every target installs and starts what it needs by itself, idempotently.
+
+SHELL := /bin/bash
+PYTHON := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo demo-stop test lint unit bench-parse clean
+
+setup:
+	scripts/setup.sh
+
+demo: setup
+	scripts/demo.sh
+
+demo-stop:
+	scripts/demo.sh --stop
+
+lint: setup
+	.venv/bin/ruff check plugins dags tests scripts
+	.venv/bin/ruff format --check plugins dags tests
+	.venv/bin/mypy
+
+test: setup lint
+	CI=$${CI:-} .venv/bin/pytest $(PYTEST_ARGS)
+
+unit: setup
+	.venv/bin/pytest tests/unit tests/dags -m "not integration and not e2e" $(PYTEST_ARGS)
+
+bench-parse: setup
+	$(PYTHON) scripts/bench_parse.py
+
+clean:
+	rm -rf airflow-home .pytest_cache .mypy_cache .ruff_cache

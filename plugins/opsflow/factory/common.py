@@ -1,0 +1,81 @@
+"""Pieces every opsflow DAG of a stack shares: defaults, alerts, docs, the health gate."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+
+from opsflow.notifiers.routes import failure_callbacks
+from opsflow.operators.verify import StackGateSensor
+from opsflow.stack.model import ComposeRuntime, Stack
+
+START_DATE = (2026, 1, 1)
+
+
+def dag_defaults(stack: Stack, workflow: str) -> dict[str, Any]:
+    """Keyword arguments of ``DAG(...)`` that are the same for every workflow of a stack."""
+    return {
+        "start_date": pendulum.datetime(*START_DATE, tz=stack.timezone),
+        "catchup": False,
+        "tags": sorted({"opsflow", f"stack:{stack.name}", workflow, *stack.tags}),
+        "owner_links": {},
+        "render_template_as_native_obj": True,
+        "default_args": {
+            "owner": stack.owner,
+            "retries": 0,
+            "retry_delay": timedelta(seconds=30),
+            "on_failure_callback": failure_callbacks(stack),
+        },
+    }
+
+
+def describe_alerts(stack: Stack) -> str:
+    if not stack.alerts:
+        return "no route configured (add `alerts:` to the stack file)"
+    return ", ".join(f"{route.kind} (`{route.conn_id}`)" for route in stack.alerts)
+
+
+def render_doc(template: str, stack: Stack, **fields: Any) -> str:
+    gate = stack.health_gate
+    values = {
+        "stack": stack.name,
+        "description": stack.description or "",
+        "runtime": stack.runtime.kind,
+        "check_count": len(stack.checks),
+        "consecutive": gate.consecutive,
+        "interval": int(gate.interval.total_seconds()),
+        "timeout": int(gate.timeout.total_seconds()),
+        "alerts": describe_alerts(stack),
+        **fields,
+    }
+    return template.format(**values).strip()
+
+
+def compose_context(stack: Stack) -> dict[str, Any] | None:
+    """What a container check needs to find the project's containers."""
+    from opsflow.stack.loader import resolve_working_dir
+
+    if not isinstance(stack.runtime, ComposeRuntime):
+        return None
+    return {
+        "project": stack.runtime.project,
+        "working_dir": str(resolve_working_dir(stack)),
+        "files": list(stack.runtime.files),
+        "env_file": stack.runtime.env_file,
+    }
+
+
+def gate_sensor(stack: Stack, *, task_id: str, version: str, dry_run: str) -> StackGateSensor:
+    """The stack-level health gate over every check of every service."""
+    return StackGateSensor(
+        task_id=task_id,
+        stack_name=stack.name,
+        version=version,
+        dry_run=dry_run,
+        checks=list(stack.checks),
+        gate=stack.health_gate,
+        compose=compose_context(stack),
+        retries=0,
+    )

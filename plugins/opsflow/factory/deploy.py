@@ -1,0 +1,100 @@
+"""``<stack>__deploy``: build (or pull) -> migrate -> start -> verify -> summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import DAG, Param
+
+from opsflow.factory.common import dag_defaults, gate_sensor, render_doc
+from opsflow.operators.compose import ComposeStepOperator
+from opsflow.operators.summary import ReleaseSummaryOperator
+from opsflow.stack.model import PARAM_VERSION_PATTERN, ComposeRuntime, Stack
+
+DEPLOY_DOC = """
+# Deploy `{stack}` ({runtime})
+
+{description}
+
+Brings the stack to the release you enter in the trigger form, then proves it is healthy.
+
+| step | what it does | retried |
+|---|---|---|
+| `{fetch}` | `docker compose {fetch}` of the images, tagged \
+`{version_variable}=<version>` | yes (idempotent) |
+| `migrate` | {migration} | no |
+| `start` | `docker compose up --detach --no-build --pull never` with the release's \
+image tags | yes (idempotent) |
+| `verify` | health gate: {check_count} checks must all pass {consecutive} rounds in a row, \
+every {interval}s; fails after {timeout}s (raised to the slowest container healthcheck's \
+unhealthy window if that is longer) | no |
+| `summary` | always runs: version, images, duration of each step, health results; \
+fails the run if any step failed | no |
+
+**Params**
+- `version`: the release to deploy. Letters, digits, `.`, `_` and `-` only; anything else is
+  refused before a run is created.
+- `dry_run`: log the exact commands and the health checks, change nothing.
+
+Waiting for health holds no worker slot (the gate defers to the triggerer). Only one deploy
+of this stack runs at a time. A failed task alerts: {alerts}.
+Stack file: `include/stacks/{stack}.yaml`.
+"""
+
+
+def deploy_params() -> dict[str, Param]:
+    return {
+        "version": Param(
+            type="string",
+            pattern=PARAM_VERSION_PATTERN,
+            title="Version",
+            description="Release to deploy, e.g. 1.0.0 (letters, digits, '.', '_', '-').",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Print the exact commands and checks; change nothing.",
+        ),
+    }
+
+
+def build_deploy_dag(stack: Stack) -> DAG:
+    runtime = stack.runtime
+    if not isinstance(runtime, ComposeRuntime):
+        raise ValueError(f"{stack.name}: the deploy DAG supports the compose runtime only so far")
+    fetch_step = "build" if runtime.images == "build" else "pull"
+    doc_fields: dict[str, Any] = {
+        "fetch": fetch_step,
+        "version_variable": runtime.version_variable,
+        "migration": (
+            f"`{stack.migration.tool}` in a one-off `{stack.migration.service}` container "
+            "of the release image"
+            if stack.migration
+            else "nothing (the stack declares no migration)"
+        ),
+    }
+    version = "{{ params.version }}"
+    dry_run = "{{ params.dry_run }}"
+    with DAG(
+        dag_id=f"{stack.name}__deploy",
+        description=f"Deploy a release of {stack.name} and gate it on health",
+        schedule=None,
+        max_active_runs=1,
+        params=deploy_params(),
+        doc_md=render_doc(DEPLOY_DOC, stack, **doc_fields),
+        **dag_defaults(stack, "deploy"),
+    ) as dag:
+        common: dict[str, Any] = {"stack_name": stack.name, "version": version, "dry_run": dry_run}
+        fetch = ComposeStepOperator(task_id=fetch_step, step="fetch", retries=2, **common)
+        migrate = ComposeStepOperator(task_id="migrate", step="migrate", retries=0, **common)
+        start = ComposeStepOperator(task_id="start", step="start", retries=1, **common)
+        verify = gate_sensor(stack, task_id="verify", version=version, dry_run=dry_run)
+        summary = ReleaseSummaryOperator(
+            task_id="summary",
+            workflow="deploy",
+            step_task_ids=[fetch_step, "migrate", "start", "verify"],
+            **common,
+        )
+        fetch >> migrate >> start >> verify >> summary
+    return dag

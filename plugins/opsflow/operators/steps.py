@@ -1,0 +1,51 @@
+"""A step record: what one task of a release workflow did, for the run summary.
+
+Each step pushes its record to XCom under :data:`RECORD_KEY` whether it succeeds or fails,
+so the summary task can tell "failed", "did not run" and "done" apart without reading the
+metadata DB (which Airflow 3 tasks may not do).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RECORD_KEY = "step_record"
+
+
+@dataclass
+class StepRecord:
+    step: str
+    version: str
+    dry_run: bool = False
+    status: str = "running"  # running -> ok | failed | dry-run
+    commands: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    detail: str = ""
+    images: dict[str, Any] = field(default_factory=dict)
+    health: list[dict[str, Any]] = field(default_factory=list)
+    _started: float = field(default_factory=time.monotonic, repr=False)
+
+    def finish(self, status: str, detail: str = "") -> dict[str, Any]:
+        self.status = status
+        self.detail = detail or self.detail
+        self.seconds = round(time.monotonic() - self._started, 2)
+        return self.as_dict()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("_started")
+        return data
+
+
+def as_bool(value: Any) -> bool:
+    """Params rendered through templates may arrive as ``True`` or as ``"True"``."""
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    line = next((part for part in str(text).splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."

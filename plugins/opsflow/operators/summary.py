@@ -1,0 +1,113 @@
+"""The last task of a release workflow: say what happened, and end the run honestly.
+
+It runs whatever happened upstream (trigger rule ``all_done``). Because it is the DAG's
+only leaf, Airflow derives the run's state from it, so it fails whenever a step failed or
+did not run: a summary must never turn a failed deploy into a green run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from opsflow.operators.steps import RECORD_KEY, as_bool
+
+
+class ReleaseSummaryOperator(BaseOperator):
+    """Collect the step records of ``step_task_ids`` and log one readable summary."""
+
+    template_fields: Sequence[str] = ("version", "is_dry_run")
+    ui_color = "#f4f4f4"
+
+    def __init__(
+        self,
+        *,
+        stack_name: str,
+        workflow: str,
+        step_task_ids: list[str],
+        version: str,
+        dry_run: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        # The failing step has alerted already; the summary's own failure only reports it.
+        kwargs["on_failure_callback"] = None
+        super().__init__(**kwargs)
+        if not step_task_ids:
+            raise ValueError("step_task_ids must name at least one task")
+        self.stack_name = stack_name
+        self.workflow = workflow
+        self.step_task_ids = step_task_ids
+        self.version = version
+        self.is_dry_run = dry_run
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        steps: dict[str, dict[str, Any] | None] = {
+            task_id: ti.xcom_pull(task_ids=task_id, key=RECORD_KEY)
+            for task_id in self.step_task_ids
+        }
+        failed = [t for t, r in steps.items() if r is None or r["status"] == "failed"]
+        outcome = "failed" if failed else ("dry-run" if as_bool(self.is_dry_run) else "succeeded")
+        summary = {
+            "stack": self.stack_name,
+            "workflow": self.workflow,
+            "version": str(self.version),
+            "run_id": context["run_id"],
+            "outcome": outcome,
+            "steps": steps,
+            "total_seconds": round(sum((r or {}).get("seconds", 0.0) for r in steps.values()), 2),
+        }
+        self.log.info("%s", render_summary(summary))
+        if failed:
+            first = failed[0]
+            reason = (steps[first] or {}).get("detail") or "did not run"
+            raise AirflowFailException(
+                f"{self.workflow} of {self.stack_name} {self.version} failed at {first}: {reason}"
+            )
+        return summary
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """A fixed-width block that reads well in the task log."""
+    lines = [
+        f"==== opsflow {summary['workflow']} summary: {summary['stack']} "
+        f"{summary['version']} -> {summary['outcome'].upper()} ====",
+        f"run: {summary['run_id']}   total step time: {summary['total_seconds']:.1f}s",
+        f"{'step':<10} {'status':<9} {'seconds':>8}  detail",
+    ]
+    for task_id, record in summary["steps"].items():
+        if record is None:
+            lines.append(f"{task_id:<10} {'not run':<9} {'-':>8}")
+            continue
+        seconds = f"{record.get('seconds', 0.0):.1f}"
+        lines.append(
+            f"{task_id:<10} {record['status']:<9} {seconds:>8}  {record.get('detail', '')}"
+        )
+        lines.extend(f"{'':<10} $ {command}" for command in record.get("commands", []))
+    images = {
+        service: fact
+        for record in summary["steps"].values()
+        if record
+        for service, fact in record.get("images", {}).items()
+    }
+    if images:
+        lines.append("images:")
+        for service, fact in sorted(images.items()):
+            image_id = (fact.get("id") or "?")[:19]
+            lines.append(f"  {service:<12} {fact.get('image', '?')}  {image_id}")
+    health = [
+        check
+        for record in summary["steps"].values()
+        if record
+        for check in record.get("health", [])
+    ]
+    if health:
+        lines.append("health (last round):")
+        for check in health:
+            mark = "ok  " if check.get("ok") else "FAIL"
+            lines.append(f"  {mark} {check.get('name')}: {check.get('detail', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,461 @@
+"""Shared pytest fixtures; each part of the project keeps its fixtures in a marked section."""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# ============================================================================================
+# Section: Airflow home, SMTP server and HTTP receiver (used by the alert notifier tests)
+# ============================================================================================
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A migrated SQLite Airflow home for ``airflow dags test`` subprocesses.
+
+    Sets ``AIRFLOW_HOME``, ``AIRFLOW__CORE__DAGS_FOLDER`` (``<home>/dags``, where tests
+    write their DAG files), ``AIRFLOW__CORE__LOAD_EXAMPLES`` and
+    ``AIRFLOW__CORE__PLUGINS_FOLDER`` in ``os.environ`` for the session. An Airflow
+    already imported in the pytest process keeps its config: run DAGs in a subprocess.
+    """
+    home = tmp_path_factory.mktemp("airflow_home")
+    (home / "dags").mkdir()
+    settings = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+    }
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        airflow = Path(sys.executable).parent / "airflow"
+        result = subprocess.run(
+            [str(airflow), "db", "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert result.returncode == 0, f"airflow db migrate failed:\n{result.stderr[-3000:]}"
+        yield home
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass
+class SmtpCapture:
+    """A real SMTP server on 127.0.0.1 that keeps what it receives."""
+
+    host: str
+    port: int
+    login: str
+    password: str
+    messages: list[Message] = field(default_factory=list)
+    envelopes: list[dict[str, Any]] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.messages
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpCapture]:
+    """aiosmtpd with AUTH (no TLS) accepting only ``capture.login``/``capture.password``."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    capture = SmtpCapture(
+        host="127.0.0.1", port=free_port(), login="alerts", password="smtp-Pa55-0f-opsflow"
+    )
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            content = envelope.original_content or envelope.content
+            capture.envelopes.append(
+                {"mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos)}
+            )
+            capture.messages.append(email.message_from_bytes(content))
+            return "250 Message accepted for delivery"
+
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode()
+        ok = login == capture.login and auth_data.password.decode() == capture.password
+        if ok:
+            capture.logins.append(login)
+        return AuthResult(success=ok)
+
+    controller = Controller(
+        Handler(),
+        hostname=capture.host,
+        port=capture.port,
+        authenticator=authenticator,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        yield capture
+    finally:
+        controller.stop()
+
+
+@dataclass
+class HttpCapture:
+    """A real HTTP server on 127.0.0.1 recording every request; answers ``status``."""
+
+    port: int
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 200
+    reply: bytes = b"ok"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def json_bodies(self) -> list[Any]:
+        return [json.loads(r["body"]) for r in self.requests]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.requests
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[HttpCapture]:
+    """``http.server`` in a thread, capturing method, path, headers and body of requests."""
+    capture = HttpCapture(port=0)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            capture.requests.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": body.decode("utf-8", "replace"),
+                }
+            )
+            self.send_response(capture.status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(capture.reply)))
+            self.end_headers()
+            self.wfile.write(capture.reply)
+
+        do_POST = _record
+        do_GET = _record
+        do_PUT = _record
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    capture.port = int(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield capture
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+# ============================================================================================
+# End of section: Airflow home, SMTP server and HTTP receiver
+# ============================================================================================
+
+
+# ============================================================================================
+# Section: health check servers (used by the trigger, sensor and health check tests)
+# ============================================================================================
+
+
+def _service_missing(what: str) -> None:
+    """A missing server binary fails under CI (the setup must provide it) and skips elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is not installed (CI=true requires it)")
+    pytest.skip(f"{what} is not installed")
+
+
+def _postgres_bin(name: str) -> str | None:
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@dataclass
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+    @property
+    def uri(self) -> str:
+        return f"postgres://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (password auth over TCP)."""
+    import shutil
+    import tempfile
+
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        _service_missing("PostgreSQL server (initdb, pg_ctl; Debian package postgresql-15)")
+    assert initdb and pg_ctl
+    server = PostgresServer("127.0.0.1", free_port(), "postgres", "pg-Secret-0psflow", "postgres")
+    # Not under pytest's tmp dir: that one is private to root, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="opsflow-pg-"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    (root / "pwfile").write_text(server.password + "\n")
+    if as_postgres:
+        shutil.chown(root / "pwfile", "postgres", "postgres")
+    data, sockets = root / "data", root / "sock"
+    sockets.mkdir()
+    if as_postgres:
+        shutil.chown(sockets, "postgres", "postgres")
+    subprocess.run(
+        [*as_postgres, initdb, "-D", str(data), "-U", server.user, "--pwfile", str(root / "pwfile"),
+         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    options = f"-p {server.port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg = [*as_postgres, pg_ctl, "-D", str(data)]
+    subprocess.run(
+        [*pg, "-l", str(root / "server.log"), "-w", "-t", "60", "-o", options, "start"],
+        check=True, capture_output=True, timeout=90,
+    )  # fmt: skip
+    try:
+        yield server
+    finally:
+        subprocess.run([*pg, "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class RedisServer:
+    host: str
+    port: int
+    password: str
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real ``redis-server`` on 127.0.0.1 with a password and no persistence."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if not binary:
+        _service_missing("redis-server (Debian package redis-server)")
+    assert binary
+    server = RedisServer("127.0.0.1", free_port(), "redis-Secret-0psflow")
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--requirepass", server.password, "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection((server.host, server.port), timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@dataclass
+class SwitchableHealthServer:
+    """HTTP health endpoint whose answer a test switches.
+
+    Modes: ``healthy`` (200, good JSON), ``503``, ``wrong_json`` (200, a field is wrong),
+    ``flapping`` (healthy and 503 on alternate requests), ``slow`` (healthy after 3 s).
+    The first ``fail_first`` requests answer 503 whatever the mode.
+    """
+
+    port: int
+    mode: str = "healthy"
+    fail_first: int = 0
+    hits: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health/ready"
+
+
+@pytest.fixture
+def health_http_server() -> Iterator[SwitchableHealthServer]:
+    state = SwitchableHealthServer(port=0)
+    healthy = json.dumps({"status": "healthy", "checks": {"db": "ok"}}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, with_body: bool) -> None:
+            with state.lock:
+                state.hits += 1
+                hit, mode = state.hits, state.mode
+            status, body = 200, healthy
+            if hit <= state.fail_first or mode == "503" or (mode == "flapping" and hit % 2 == 0):
+                status, body = 503, json.dumps({"status": "down"}).encode()
+            elif mode == "wrong_json":
+                body = json.dumps({"status": "degraded", "checks": {"db": "ok"}}).encode()
+            elif mode == "slow":
+                time.sleep(3)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if with_body:
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._answer(with_body=True)
+
+        def do_HEAD(self) -> None:
+            self._answer(with_body=False)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.port = int(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@dataclass
+class GrpcHealthServer:
+    """A real gRPC server with the standard health service; ``set`` switches a status."""
+
+    port: int
+    servicer: Any
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def set(self, service: str, serving: bool) -> None:
+        from grpc_health.v1 import health_pb2
+
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        self.servicer.set(service, status)
+
+
+@pytest.fixture
+def grpc_health_server() -> Iterator[GrpcHealthServer]:
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    state = GrpcHealthServer(port=port, servicer=servicer)
+    state.set("", serving=True)
+    state.set("opsflow.Api", serving=True)
+    try:
+        yield state
+    finally:
+        server.stop(grace=None).wait(5)
+
+
+@pytest.fixture
+def tcp_listener() -> Iterator[int]:
+    """A port that accepts TCP connections (and closes them at once)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _addr = listener.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+# ============================================================================================
+# End of section: health check servers
+# ============================================================================================

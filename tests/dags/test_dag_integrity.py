@@ -1,0 +1,151 @@
+"""DAG integrity: every DAG file parses with no network, DB or subprocess, and is well formed."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+STACKS = REPO / "include" / "stacks"
+STACK_NAMES = sorted(p.stem for p in STACKS.glob("*.yaml"))
+
+
+def _forbidden(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("DAG files must not use the network or subprocesses at parse time")
+
+
+def _parse(dag_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setattr(socket.socket, "connect", _forbidden)
+    monkeypatch.setattr(socket, "create_connection", _forbidden)
+    monkeypatch.setattr(subprocess.Popen, "__init__", _forbidden)
+    try:
+        return DagBag(dag_folder=str(dag_folder), safe_mode=True)
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> Iterator[Any]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv("OPSFLOW_STACKS_DIR", raising=False)
+        yield _parse(DAGS, monkeypatch)
+
+
+def test_every_dag_file_imports_without_network_db_or_subprocess(dagbag: Any) -> None:
+    assert dagbag.import_errors == {}
+
+
+def test_every_stack_file_has_a_dag_file_and_its_dags() -> None:
+    assert sorted(p.stem for p in DAGS.glob("*.py")) == STACK_NAMES
+
+
+@pytest.mark.parametrize("stack", STACK_NAMES)
+def test_each_stack_gets_its_deploy_dag(dagbag: Any, stack: str) -> None:
+    assert f"{stack}__deploy" in dagbag.dags
+
+
+def test_dags_have_owner_tags_docs_and_explicit_retries(dagbag: Any) -> None:
+    assert dagbag.dags
+    for dag_id, dag in dagbag.dags.items():
+        stack = dag_id.split("__")[0]
+        assert "opsflow" in dag.tags and f"stack:{stack}" in dag.tags, dag_id
+        assert dag.doc_md and f"`{stack}`" in dag.doc_md, dag_id
+        assert dag.max_active_runs == 1, dag_id
+        for task in dag.tasks:
+            assert task.owner and task.owner != "airflow", (dag_id, task.task_id)
+            assert isinstance(task.retries, int), (dag_id, task.task_id)
+
+
+def test_deploy_retries_only_idempotent_steps(dagbag: Any) -> None:
+    dag = dagbag.dags["demo__deploy"]
+    retries = {task.task_id: task.retries for task in dag.tasks}
+    assert retries == {"build": 2, "migrate": 0, "start": 1, "verify": 0, "summary": 0}
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "build", "migrate", "start", "verify", "summary",
+    ]  # fmt: skip
+    assert dag.get_task("summary").trigger_rule == "all_done"
+
+
+def test_pull_stacks_pull_instead_of_building(dagbag: Any) -> None:
+    assert "pull" in dagbag.dags["echomind__deploy"].task_ids
+
+
+def test_failing_tasks_alert_through_the_stack_routes(dagbag: Any) -> None:
+    dag = dagbag.dags["demo__deploy"]
+    for task in dag.tasks:
+        callbacks = task.on_failure_callback or []
+        routes = sorted(type(cb).__name__ for cb in callbacks)
+        if task.task_id == "summary":
+            assert routes == []  # the failing step has alerted already
+        else:
+            assert routes == ["EmailAlert", "WebhookAlert"], task.task_id
+
+
+def _serialized(dagbag: Any, dag_id: str) -> Any:
+    """The DAG as the scheduler and API server see it; they validate a run's conf on it."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags[dag_id]))
+
+
+@pytest.mark.parametrize(
+    "version", ["1.0.0", "1.1.0", "1.2.0-never-ready", "v2_rc.1", "2026.11.21"]
+)
+def test_trigger_form_accepts_plain_versions(dagbag: Any, version: str) -> None:
+    params = _serialized(dagbag, "demo__deploy").params.deep_merge({"version": version})
+    assert params.validate()["version"] == version
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"version": "1.0.0; rm -rf /"},
+        {"version": "$(reboot)"},
+        {"version": "1.0.0 && id"},
+        {"version": "../../etc"},
+        {"version": "1.0.0\n"},
+        {"version": ""},
+        {"version": 100},
+        {"version": "1.0.0", "dry_run": "yes"},
+        {},
+    ],
+)
+def test_trigger_form_refuses_bad_input(dagbag: Any, conf: dict[str, Any]) -> None:
+    from airflow.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="Invalid input for param"):
+        _serialized(dagbag, "demo__deploy").params.deep_merge(conf).validate()
+
+
+def test_a_broken_stack_file_is_an_import_error_of_its_own_dag_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stacks, dags = tmp_path / "stacks", tmp_path / "dags"
+    shutil.copytree(STACKS, stacks)
+    shutil.copytree(DAGS, dags)
+    broken = yaml.safe_load((stacks / "kratos.yaml").read_text())
+    broken["services"][0]["health"] = [{"kind": "tcp", "port": 99999}]
+    (stacks / "kratos.yaml").write_text(yaml.safe_dump(broken))
+    monkeypatch.setenv("OPSFLOW_STACKS_DIR", str(stacks))
+
+    bag = _parse(dags, monkeypatch)
+
+    assert list(bag.import_errors) == ["kratos.py"] or all(
+        key.endswith("kratos.py") for key in bag.import_errors
+    )
+    message = next(iter(bag.import_errors.values()))
+    assert "kratos.yaml" in message
+    assert "services[0].health[0].port" in message
+    assert "99999" in message
+    assert "kratos__deploy" not in bag.dags
+    assert {f"{s}__deploy" for s in STACK_NAMES if s != "kratos"} <= set(bag.dags)
