@@ -1,0 +1,1 @@
+"""The opsflow demo application: one codebase, several releases selected at build time."""

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Bring a fresh Debian-family machine (no systemd, no container registry) to a working
+# Docker Engine + Compose v2 + local base image. Safe to run any number of times: each
+# step checks first and only acts on what is missing.
+#
+# Usage: sudo scripts/setup-docker.sh
+#
+# Exit codes: 0 everything present (or installed), 1 something is missing and this
+# machine/user cannot install it (not root or not Debian), 2 a step failed.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DOCKERD_LOG=/var/log/dockerd.log
+DOCKERD_WAIT_SECONDS=${DOCKERD_WAIT_SECONDS:-60}
+PLUGIN_DIR=/usr/libexec/docker/cli-plugins
+BASE_IMAGE=debian:bookworm-slim
+
+log() { printf '[setup-docker] %s\n' "$*" >&2; }
+die() {
+    log "ERROR: $*"
+    exit 2
+}
+
+# dockerd is /usr/sbin/dockerd from docker.io but may live in /usr/bin elsewhere; root's
+# PATH has both, a non-root PATH often lacks /usr/sbin.
+find_dockerd() {
+    local candidate
+    for candidate in "$(command -v dockerd 2>/dev/null || true)" /usr/sbin/dockerd /usr/bin/dockerd; do
+        if [[ -n "$candidate" && -x "$candidate" ]]; then
+            printf '%s\n' "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+have_docker_cli() { command -v docker >/dev/null 2>&1; }
+docker_answers() { have_docker_cli && docker info >/dev/null 2>&1; }
+have_compose_v2() { have_docker_cli && docker compose version >/dev/null 2>&1; }
+have_base_image() { docker_answers && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; }
+
+is_debian() {
+    [[ -r /etc/os-release ]] || return 1
+    local id id_like
+    id=$(awk -F= '$1 == "ID" { gsub(/"/, "", $2); print $2 }' /etc/os-release)
+    id_like=$(awk -F= '$1 == "ID_LIKE" { gsub(/"/, "", $2); print $2 }' /etc/os-release)
+    [[ "$id" == debian || " $id_like " == *" debian "* ]] && command -v apt-get >/dev/null 2>&1
+}
+
+missing_items() {
+    find_dockerd >/dev/null || echo "dockerd (Debian package docker.io)"
+    have_docker_cli || echo "docker CLI (Debian package docker.io)"
+    docker_answers || echo "a running Docker daemon (docker info does not answer)"
+    have_compose_v2 || echo "Docker Compose v2 plugin (docker compose version fails)"
+    have_base_image || echo "base image $BASE_IMAGE"
+}
+
+# The machine's Debian mirror: deb822 sources first, then one-line sources.list.
+debian_mirror() {
+    local file uri=""
+    for file in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list.d/*.sources; do
+        [[ -r "$file" ]] || continue
+        uri=$(awk '
+            /^[[:space:]]*$/ { if (u != "" && s ~ /(^| )[a-z]+( |$)/ && u !~ /security/) { print u; exit } u=""; s="" }
+            /^URIs:/   { u=$2 }
+            /^Suites:/ { $1=""; s=$0 }
+            END        { if (u != "" && s ~ /(^| )[a-z]+( |$)/ && u !~ /security/) print u }
+        ' "$file" | head -n1)
+        [[ -n "$uri" ]] && break
+    done
+    if [[ -z "$uri" && -r /etc/apt/sources.list ]]; then
+        uri=$(awk '$1 == "deb" {
+                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                if ($i !~ /security/) { print $i; exit } }' /etc/apt/sources.list)
+    fi
+    printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
+
+install_docker_engine() {
+    if find_dockerd >/dev/null && have_docker_cli; then
+        log "dockerd present at $(find_dockerd); docker CLI at $(command -v docker)"
+        return 0
+    fi
+    log "installing docker.io via apt"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+    find_dockerd >/dev/null || die "docker.io installed but no dockerd found"
+}
+
+start_dockerd() {
+    if docker_answers; then
+        log "Docker daemon answers"
+        return 0
+    fi
+    local dockerd
+    dockerd=$(find_dockerd)
+    log "starting $dockerd in the background (log: $DOCKERD_LOG)"
+    # setsid: the daemon must outlive this script and its terminal.
+    setsid "$dockerd" >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    local waited=0
+    until docker_answers; do
+        if ((waited >= DOCKERD_WAIT_SECONDS)); then
+            tail -n 20 "$DOCKERD_LOG" >&2 || true
+            die "dockerd did not answer within ${DOCKERD_WAIT_SECONDS}s"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    log "Docker daemon answers after ${waited}s"
+}
+
+# Debian 12 ships only Compose v1; Debian 13's docker-compose is v2 and needs only libc6.
+install_compose_v2() {
+    if have_compose_v2; then
+        log "Compose present: $(docker compose version)"
+        return 0
+    fi
+    local mirror tmp
+    mirror=$(debian_mirror)
+    tmp=$(mktemp -d)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$tmp'" RETURN
+    mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/deb"
+    # apt downloads as user _apt; mktemp's 0700 would force an unsandboxed fetch.
+    chmod -R go+rx "$tmp"
+    chown _apt "$tmp/lists/partial" "$tmp/deb" 2>/dev/null || true
+    printf 'deb %s trixie main\n' "$mirror" >"$tmp/sources.list"
+    # A throw-away apt config: the system's lists and caches stay untouched.
+    local -a apt_opts=(
+        -o "Dir::Etc::SourceList=$tmp/sources.list"
+        -o "Dir::Etc::SourceParts=/dev/null"
+        -o "Dir::State::Lists=$tmp/lists"
+        -o "Dir::Cache=$tmp/cache"
+    )
+    log "fetching docker-compose (v2) from $mirror trixie"
+    apt-get "${apt_opts[@]}" update -qq || die "apt-get update for trixie failed"
+    (cd "$tmp/deb" && apt-get "${apt_opts[@]}" download docker-compose) ||
+        die "apt-get download docker-compose failed"
+    local deb
+    deb=$(find "$tmp/deb" -maxdepth 1 -name 'docker-compose_*.deb' | head -n1)
+    [[ -n "$deb" ]] || die "no docker-compose .deb downloaded"
+    dpkg -x "$deb" "$tmp/root"
+    [[ -x "$tmp/root/usr/libexec/docker/cli-plugins/docker-compose" ]] ||
+        die "$(basename "$deb") has no usr/libexec/docker/cli-plugins/docker-compose"
+    install -D -m 0755 "$tmp/root/usr/libexec/docker/cli-plugins/docker-compose" \
+        "$PLUGIN_DIR/docker-compose"
+    have_compose_v2 || die "docker compose still fails after installing $PLUGIN_DIR/docker-compose"
+    log "installed $(docker compose version)"
+}
+
+main() {
+    local -a missing
+    mapfile -t missing < <(missing_items)
+    if ((${#missing[@]} == 0)); then
+        log "nothing missing: $(docker compose version), image $BASE_IMAGE present"
+        return 0
+    fi
+    local reason=""
+    ((EUID == 0)) || reason="not running as root"
+    is_debian || reason="${reason:+$reason; }not a Debian-family system with apt-get"
+    if [[ -n "$reason" ]]; then
+        log "cannot install ($reason). Missing:"
+        printf '  - %s\n' "${missing[@]}" >&2
+        return 1
+    fi
+    log "missing: $(IFS=,; echo "${missing[*]}")"
+    install_docker_engine
+    start_dockerd
+    install_compose_v2
+    "$SCRIPT_DIR/build-base-image.sh"
+    mapfile -t missing < <(missing_items)
+    if ((${#missing[@]} > 0)); then
+        log "still missing after setup:"
+        printf '  - %s\n' "${missing[@]}" >&2
+        return 2
+    fi
+    log "done: $(docker compose version), image $BASE_IMAGE present"
+}
+
+main "$@"
