@@ -78,10 +78,10 @@ def test_compose_context_builds_absolute_paths() -> None:
          "env_file": ".env"}
     )  # fmt: skip
     assert compose.base_argv() == [
-        "docker", "compose", "-p", "shop", "--project-directory", "/srv/shop",
-        "-f", "/srv/shop/a.yml", "-f", "/etc/b.yml", "--env-file", "/srv/shop/.env",
+        "docker", "compose", "--project-name", "shop", "--project-directory", "/srv/shop",
+        "--file", "/srv/shop/a.yml", "--file", "/etc/b.yml", "--env-file", "/srv/shop/.env",
     ]  # fmt: skip
-    assert compose.base_argv(with_files=False) == ["docker", "compose", "-p", "shop"]
+    assert compose.base_argv(with_files=False) == ["docker", "compose", "--project-name", "shop"]
     assert ComposeContext.from_dict(compose.to_dict()) == compose
     with pytest.raises(ValueError, match="'nope'"):
         ComposeContext.from_dict({"project": "shop", "working_dir": "/x", "nope": 1})

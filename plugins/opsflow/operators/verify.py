@@ -42,6 +42,16 @@ class StackGateSensor(HealthGateSensor):
         self.version = version
         self.is_dry_run = dry_run
 
+    def compose_env(self) -> dict[str, str]:
+        from opsflow.runtimes.compose import check_version
+        from opsflow.stack.loader import load_stack
+        from opsflow.stack.model import ComposeRuntime
+
+        runtime = load_stack(self.stack_name).runtime
+        if not isinstance(runtime, ComposeRuntime):
+            return {}
+        return {runtime.version_variable: check_version(str(self.version))}
+
     def _record(self) -> StepRecord:
         return StepRecord(
             step="verify", version=str(self.version), dry_run=as_bool(self.is_dry_run)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,20 @@ def check_version(version: str) -> str:
     if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise ValueError(f"invalid version {version!r}: use letters, digits, '.', '_' and '-' only")
     return version
+
+
+def compose_base_argv(
+    project: str, working_dir: Path | str, files: Sequence[str], env_file: str | None
+) -> list[str]:
+    """``docker compose`` bound to one project; relative file names resolve in working_dir."""
+    directory = Path(working_dir)
+    argv = ["docker", "compose", "--project-name", project]
+    argv += ["--project-directory", str(directory)]
+    for file in files:
+        argv += ["--file", str(directory / file)]
+    if env_file:
+        argv += ["--env-file", str(directory / env_file)]
+    return argv
 
 
 @dataclass(frozen=True)
@@ -53,13 +68,9 @@ class ComposeProject:
     # ------------------------------------------------------------------ argv builders
 
     def base_argv(self) -> list[str]:
-        argv = ["docker", "compose", "--project-name", self.name]
-        argv += ["--project-directory", str(self.working_dir)]
-        for file in self.runtime.files:
-            argv += ["--file", str(self.working_dir / file)]
-        if self.runtime.env_file:
-            argv += ["--env-file", str(self.working_dir / self.runtime.env_file)]
-        return argv
+        return compose_base_argv(
+            self.name, self.working_dir, self.runtime.files, self.runtime.env_file
+        )
 
     def env(self, version: str) -> dict[str, str]:
         """Variables the compose file interpolates: the release version pins image tags."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -91,8 +92,13 @@ def compose_unhealthy_window(compose_config_json: Mapping[str, Any]) -> float:
     return worst
 
 
-def read_compose_config(compose: ComposeContext) -> dict[str, Any] | None:
-    """``docker compose config --format json`` of the project, or None (with a warning)."""
+def read_compose_config(
+    compose: ComposeContext, env: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
+    """``docker compose config --format json`` of the project, or None (with a warning).
+
+    ``env`` adds variables the compose file interpolates (e.g. the release version).
+    """
     argv = [*compose.base_argv(), "config", "--format", "json"]
     try:
         completed = subprocess.run(
@@ -102,6 +108,7 @@ def read_compose_config(compose: ComposeContext) -> dict[str, Any] | None:
             timeout=COMPOSE_CONFIG_TIMEOUT,
             check=False,
             cwd=compose.working_dir,
+            env={**os.environ, **(env or {})},
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("Cannot read the compose config of %s: %s", compose.project, exc)
@@ -243,12 +250,16 @@ class HealthGateSensor(BaseSensorOperator):
                 )
         return checks, compose
 
+    def compose_env(self) -> dict[str, str]:
+        """Variables the compose file needs to resolve; none by default."""
+        return {}
+
     def effective_timeout(self, compose: ComposeContext | None) -> float:
         """The configured timeout, raised past the Compose unhealthy window when needed."""
         configured = float(self.timeout)
         if compose is None:
             return configured
-        config = read_compose_config(compose)
+        config = read_compose_config(compose, self.compose_env())
         if config is None:
             self.log.warning(
                 "Keeping the configured health gate timeout of %ss: no compose config", configured

@@ -98,23 +98,17 @@ class ComposeContext:
             env_file=runtime.env_file,
         )
 
-    def _path(self, name: str) -> str:
-        return str(Path(self.working_dir) / name)  # an absolute name stays as it is
-
     def base_argv(self, *, with_files: bool = True) -> list[str]:
-        """``docker compose`` with project, directory and files; paths resolved to absolute.
+        """``docker compose`` bound to the project, as the runtime builds it.
 
         Without files only the project name is passed: enough for ``ps``, which finds
         containers by label, and it does not fail on files that need unset variables.
         """
-        argv = ["docker", "compose", "-p", self.project]
-        if with_files:
-            argv += ["--project-directory", self.working_dir]
-            for name in self.files:
-                argv += ["-f", self._path(name)]
-            if self.env_file:
-                argv += ["--env-file", self._path(self.env_file)]
-        return argv
+        from opsflow.runtimes.compose import compose_base_argv
+
+        if not with_files:
+            return ["docker", "compose", "--project-name", self.project]
+        return compose_base_argv(self.project, self.working_dir, self.files, self.env_file)
 
 
 def check_to_data(check: HealthCheck) -> dict[str, Any]:
