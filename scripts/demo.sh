@@ -56,8 +56,9 @@ echo "demo: triggered demo__deploy ($RUN_ID) for version $VERSION; the first bui
 
 state=""
 for _ in $(seq 1 360); do
-  state=$("$AF" dags list-runs demo__deploy -o json 2>/dev/null | "$REPO/.venv/bin/python" -c \
-    'import json,sys; print(next((r["state"] for r in json.load(sys.stdin) if r["run_id"]==sys.argv[1]), ""))' "$RUN_ID" || true)
+  # The JSON document is the last stdout line; Airflow may print warnings before it.
+  state=$("$AF" dags list-runs demo__deploy -o json 2>/dev/null | tail -n 1 | "$REPO/.venv/bin/python" -c \
+    'import json,sys; print(next((r["state"] for r in json.load(sys.stdin) if r["run_id"]==sys.argv[1]), ""))' "$RUN_ID" 2>/dev/null || true)
   [[ $state == success || $state == failed ]] && break
   sleep 5
 done
