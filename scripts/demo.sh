@@ -17,7 +17,11 @@ running() { [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 if [[ ${1:-} == --stop ]]; then
   if running; then
-    kill -- -"$(cat "$PIDFILE")" 2>/dev/null || kill "$(cat "$PIDFILE")"
+    pgid=$(cat "$PIDFILE")
+    kill -- -"$pgid" 2>/dev/null || kill "$pgid"
+    # Airflow's components shut down gracefully; give them 30 s, then force.
+    for _ in $(seq 1 30); do pgrep -g "$pgid" >/dev/null || break; sleep 1; done
+    pkill -KILL -g "$pgid" 2>/dev/null || true
     echo "demo: Airflow stopped"
   fi
   rm -f "$PIDFILE"
