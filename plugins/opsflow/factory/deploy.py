@@ -8,7 +8,8 @@ from airflow.sdk import DAG, Param
 
 from opsflow.factory.common import dag_defaults, gate_sensor, render_doc
 from opsflow.operators.compose import ComposeStepOperator
-from opsflow.operators.summary import ReleaseSummaryOperator
+from opsflow.operators.record import RecordReleaseOperator
+from opsflow.operators.summary import RunSummaryOperator
 from opsflow.stack.model import PARAM_VERSION_PATTERN, ComposeRuntime, Stack
 
 DEPLOY_DOC = """
@@ -28,6 +29,8 @@ image tags | yes (idempotent) |
 | `verify` | health gate: {check_count} checks must all pass {consecutive} rounds in a row, \
 every {interval}s; fails after {timeout}s (raised to the slowest container healthcheck's \
 unhealthy window if that is longer) | no |
+| `record` | appends the release (version, images) to the stack's release history, \
+which image pruning (and later rollback) reads | yes (idempotent) |
 | `summary` | always runs: version, images, duration of each step, health results; \
 fails the run if any step failed | no |
 
@@ -90,11 +93,14 @@ def build_deploy_dag(stack: Stack) -> DAG:
         migrate = ComposeStepOperator(task_id="migrate", step="migrate", retries=0, **common)
         start = ComposeStepOperator(task_id="start", step="start", retries=1, **common)
         verify = gate_sensor(stack, task_id="verify", version=version, dry_run=dry_run)
-        summary = ReleaseSummaryOperator(
+        record = RecordReleaseOperator(
+            task_id="record", images_from=fetch_step, retries=1, **common
+        )
+        summary = RunSummaryOperator(
             task_id="summary",
             workflow="deploy",
-            step_task_ids=[fetch_step, "migrate", "start", "verify"],
+            step_task_ids=[fetch_step, "migrate", "start", "verify", "record"],
             **common,
         )
-        fetch >> migrate >> start >> verify >> summary
+        fetch >> migrate >> start >> verify >> record >> summary
     return dag

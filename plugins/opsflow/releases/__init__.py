@@ -1,0 +1,1 @@
+"""What was deployed when: the record rollbacks and image pruning rely on."""
