@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-stop test lint unit bench-parse clean
+.PHONY: setup demo demo-stop test lint unit bench-parse bench-logs clean
 
 setup:
 	scripts/setup.sh
@@ -29,6 +29,9 @@ unit: setup
 
 bench-parse: setup
 	$(PYTHON) scripts/bench_parse.py
+
+bench-logs: setup
+	$(PYTHON) scripts/bench_logs.py
 
 clean:
 	rm -rf airflow-home .pytest_cache .mypy_cache .ruff_cache

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages used on the host: real PostgreSQL and Redis servers for the health-check
-# tests and the clients the runbooks call.
-HOST_PACKAGES=(postgresql-15 postgresql-client-15 redis-server redis-tools)
+# tests, the clients the runbooks call, and GNU time (peak memory in make bench-logs).
+HOST_PACKAGES=(postgresql-15 postgresql-client-15 redis-server redis-tools time)
 
 missing=()
 for pkg in "${HOST_PACKAGES[@]}"; do

@@ -5,11 +5,14 @@ from __future__ import annotations
 import email
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -18,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from opsflow.runtimes.compose import compose_base_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -458,4 +464,150 @@ def tcp_listener() -> Iterator[int]:
 
 # ============================================================================================
 # End of section: health check servers
+# ============================================================================================
+
+
+# ============================================================================================
+# Section: the demo stack deployed for the end-to-end tests (tests/e2e)
+# ============================================================================================
+# It runs as its own Compose project on free ports with its own Airflow home and state
+# dir, so a `make demo` stack on the same machine is never touched.
+
+E2E_PROJECT = "opsflow-e2e"
+DEMO_DIR = REPO_ROOT / "include" / "demo"
+AIRFLOW_CLI = REPO_ROOT / "scripts" / "airflow"
+
+
+@dataclass
+class DemoDeployment:
+    home: Path
+    stacks: Path
+    api_port: int
+    env: dict[str, str]
+
+    def dags_test(
+        self, conf: dict[str, Any], *extra_env: dict[str, str], dag_id: str = "demo__deploy"
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env)
+        for more in extra_env:
+            env.update(more)
+        return subprocess.run(
+            [str(AIRFLOW_CLI), "dags", "test", dag_id, "-c", json.dumps(conf)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.api_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def ensure_deployed(self) -> None:
+        """Deploy 1.0.0 unless some release of the stack already answers."""
+        try:
+            self.get("/health/live")
+        except OSError:
+            result = self.dags_test({"version": "1.0.0"})
+            assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+    def volume(self, name: str) -> Path:
+        """Host path of one of the project's named volumes."""
+        out = subprocess.run(
+            ["docker", "volume", "inspect", "--format", "{{.Mountpoint}}", f"{E2E_PROJECT}_{name}"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return Path(out.stdout.strip())
+
+    def compose(self, *args: str) -> str:
+        argv = [*compose_base_argv(E2E_PROJECT, DEMO_DIR, ["docker-compose.yml"], ".env"), *args]
+        env = {**self.env, "OPSFLOW_VERSION": "0"}
+        return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def _demo_passwords() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in (DEMO_DIR / ".env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _stack_file(api_port: int, target: Path) -> None:
+    """The demo stack file, moved to its own project and ports, with a quicker gate."""
+    stack = yaml.safe_load((REPO_ROOT / "include" / "stacks" / "demo.yaml").read_text())
+    stack["runtime"]["project"] = E2E_PROJECT
+    stack["runtime"]["working_dir"] = str(DEMO_DIR)
+    for service in stack["services"]:
+        for check in service["health"]:
+            if check["kind"] == "http":
+                check["url"] = check["url"].replace(":18080/", f":{api_port}/")
+            if check["kind"] == "tcp":
+                check["port"] = api_port
+    for root in stack["logs"]["roots"]:
+        if root.get("volume") == "opsflow-demo_applogs":
+            root["volume"] = f"{E2E_PROJECT}_applogs"
+    stack["health_gate"] = {"consecutive": 2, "interval": "1s", "timeout": "20s"}
+    target.write_text(yaml.safe_dump(stack, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDeployment]:
+    subprocess.run([str(DEMO_DIR / "make-env.sh")], check=True, capture_output=True)
+    root = tmp_path_factory.mktemp("e2e")
+    home, stacks = root / "airflow-home", root / "stacks"
+    stacks.mkdir()
+    ports = {"api": free_port(), "postgres": free_port(), "redis": free_port()}
+    _stack_file(ports["api"], stacks / "demo.yaml")
+    passwords = _demo_passwords()
+    env = {
+        **os.environ,
+        "OPSFLOW_AIRFLOW_HOME": str(home),
+        "OPSFLOW_STACKS_DIR": str(stacks),
+        "OPSFLOW_STATE_DIR": str(root / "state"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "DEMO_API_PORT": str(ports["api"]),
+        "DEMO_POSTGRES_PORT": str(ports["postgres"]),
+        "DEMO_REDIS_PORT": str(ports["redis"]),
+        "AIRFLOW_CONN_DEMO_POSTGRES": json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": ports["postgres"],
+                "login": "app",
+                "password": passwords["POSTGRES_PASSWORD"],
+                "schema": "app",
+            }
+        ),
+        "AIRFLOW_CONN_DEMO_REDIS": json.dumps(
+            {
+                "conn_type": "redis",
+                "host": "127.0.0.1",
+                "port": ports["redis"],
+                "password": passwords["REDIS_PASSWORD"],
+            }
+        ),
+    }
+    env.pop("AIRFLOW_HOME", None)
+    migrate = subprocess.run(
+        [str(AIRFLOW_CLI), "db", "migrate"], env=env, capture_output=True, text=True, check=False
+    )
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    deployment = DemoDeployment(home=home, stacks=stacks, api_port=ports["api"], env=env)
+    deployment.compose("down", "--volumes", "--remove-orphans")
+    try:
+        yield deployment
+    finally:
+        deployment.compose("down", "--volumes", "--remove-orphans")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ============================================================================================
+# End of section: the demo stack deployed for the end-to-end tests
 # ============================================================================================

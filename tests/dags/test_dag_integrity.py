@@ -45,21 +45,49 @@ def test_every_dag_file_imports_without_network_db_or_subprocess(dagbag: Any) ->
     assert dagbag.import_errors == {}
 
 
-def test_every_stack_file_has_a_dag_file_and_its_dags() -> None:
-    assert sorted(p.stem for p in DAGS.glob("*.py")) == STACK_NAMES
+def test_every_stack_file_has_a_dag_file() -> None:
+    assert sorted(p.stem for p in DAGS.glob("*.py")) == sorted(
+        [*STACK_NAMES, "airflow_maintenance"]
+    )
 
 
 @pytest.mark.parametrize("stack", STACK_NAMES)
-def test_each_stack_gets_its_deploy_dag(dagbag: Any, stack: str) -> None:
-    assert f"{stack}__deploy" in dagbag.dags
+def test_each_stack_gets_its_dags(dagbag: Any, stack: str) -> None:
+    assert {f"{stack}__deploy", f"{stack}__log_cleanup"} <= set(dagbag.dags)
+    assert dagbag.dags[f"{stack}__deploy"].schedule is None
+
+
+def test_log_cleanup_is_nightly_from_the_stack_file(dagbag: Any) -> None:
+    demo = yaml.safe_load((STACKS / "demo.yaml").read_text())
+    expected = demo.get("schedules", {}).get("log_cleanup", "30 3 * * *")
+    dag = dagbag.dags["demo__log_cleanup"]
+    assert dag.schedule == expected
+    assert dag.get_task("summary").upstream_task_ids == {
+        "log_files", "container_logs", "prune_images",
+    }  # fmt: skip
+    assert all(task.retries == 1 for task in dag.tasks if task.task_id != "summary")
+
+
+def test_airflow_log_cleanup_dag(dagbag: Any) -> None:
+    from airflow.exceptions import ParamValidationError
+
+    dag = dagbag.dags["airflow__log_cleanup"]
+    assert dag.schedule == "15 4 * * *"
+    params = _serialized(dagbag, "airflow__log_cleanup").params
+    assert params.deep_merge({"retention_days": 7}).validate()["retention_days"] == 7
+    with pytest.raises(ParamValidationError):
+        params.deep_merge({"retention_days": 0}).validate()
+    assert "airflow db clean" in dag.doc_md
 
 
 def test_dags_have_owner_tags_docs_and_explicit_retries(dagbag: Any) -> None:
     assert dagbag.dags
     for dag_id, dag in dagbag.dags.items():
         stack = dag_id.split("__")[0]
-        assert "opsflow" in dag.tags and f"stack:{stack}" in dag.tags, dag_id
-        assert dag.doc_md and f"`{stack}`" in dag.doc_md, dag_id
+        assert "opsflow" in dag.tags, dag_id
+        assert dag.doc_md, dag_id
+        if stack != "airflow":
+            assert f"stack:{stack}" in dag.tags and f"`{stack}`" in dag.doc_md, dag_id
         assert dag.max_active_runs == 1, dag_id
         for task in dag.tasks:
             assert task.owner and task.owner != "airflow", (dag_id, task.task_id)
@@ -69,9 +97,11 @@ def test_dags_have_owner_tags_docs_and_explicit_retries(dagbag: Any) -> None:
 def test_deploy_retries_only_idempotent_steps(dagbag: Any) -> None:
     dag = dagbag.dags["demo__deploy"]
     retries = {task.task_id: task.retries for task in dag.tasks}
-    assert retries == {"build": 2, "migrate": 0, "start": 1, "verify": 0, "summary": 0}
+    assert retries == {
+        "build": 2, "migrate": 0, "start": 1, "verify": 0, "record": 1, "summary": 0,
+    }  # fmt: skip
     assert [t.task_id for t in dag.topological_sort()] == [
-        "build", "migrate", "start", "verify", "summary",
+        "build", "migrate", "start", "verify", "record", "summary",
     ]  # fmt: skip
     assert dag.get_task("summary").trigger_rule == "all_done"
 
@@ -80,8 +110,9 @@ def test_pull_stacks_pull_instead_of_building(dagbag: Any) -> None:
     assert "pull" in dagbag.dags["echomind__deploy"].task_ids
 
 
-def test_failing_tasks_alert_through_the_stack_routes(dagbag: Any) -> None:
-    dag = dagbag.dags["demo__deploy"]
+@pytest.mark.parametrize("dag_id", ["demo__deploy", "demo__log_cleanup"])
+def test_failing_tasks_alert_through_the_stack_routes(dagbag: Any, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
     for task in dag.tasks:
         callbacks = task.on_failure_callback or []
         routes = sorted(type(cb).__name__ for cb in callbacks)
@@ -147,5 +178,6 @@ def test_a_broken_stack_file_is_an_import_error_of_its_own_dag_file(
     assert "kratos.yaml" in message
     assert "services[0].health[0].port" in message
     assert "99999" in message
-    assert "kratos__deploy" not in bag.dags
+    assert "kratos__deploy" not in bag.dags and "kratos__log_cleanup" not in bag.dags
     assert {f"{s}__deploy" for s in STACK_NAMES if s != "kratos"} <= set(bag.dags)
+    assert "airflow__log_cleanup" in bag.dags

@@ -8,144 +8,18 @@ and a real HTTP receiver.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, HttpCapture, SmtpCapture, free_port
+from conftest import E2E_PROJECT as PROJECT
+from conftest import REPO_ROOT, DemoDeployment, HttpCapture, SmtpCapture
 
 pytestmark = pytest.mark.e2e
-
-PROJECT = "opsflow-e2e"
-DEMO_DIR = REPO_ROOT / "include" / "demo"
-AIRFLOW = REPO_ROOT / "scripts" / "airflow"
-
-
-@dataclass
-class DemoDeployment:
-    home: Path
-    stacks: Path
-    api_port: int
-    env: dict[str, str]
-
-    def dags_test(
-        self, conf: dict[str, Any], *extra_env: dict[str, str]
-    ) -> subprocess.CompletedProcess[str]:
-        env = dict(self.env)
-        for more in extra_env:
-            env.update(more)
-        return subprocess.run(
-            [str(AIRFLOW), "dags", "test", "demo__deploy", "-c", json.dumps(conf)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-
-    def get(self, path: str) -> tuple[int, dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.api_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
-
-    def compose(self, *args: str) -> str:
-        argv = [
-            "docker",
-            "compose",
-            "--project-name",
-            PROJECT,
-            "--project-directory",
-            str(DEMO_DIR),
-        ]
-        argv += ["--env-file", str(DEMO_DIR / ".env"), *args]
-        env = {**self.env, "OPSFLOW_VERSION": "0"}
-        return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
-
-
-def _demo_passwords() -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in (DEMO_DIR / ".env").read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            values[key.strip()] = value.strip()
-    return values
-
-
-def _stack_file(api_port: int, target: Path) -> None:
-    """The demo stack file, moved to its own project and ports, with a quicker gate."""
-    stack = yaml.safe_load((REPO_ROOT / "include" / "stacks" / "demo.yaml").read_text())
-    stack["runtime"]["project"] = PROJECT
-    stack["runtime"]["working_dir"] = str(DEMO_DIR)
-    for service in stack["services"]:
-        for check in service["health"]:
-            if check["kind"] == "http":
-                check["url"] = check["url"].replace(":18080/", f":{api_port}/")
-            if check["kind"] == "tcp":
-                check["port"] = api_port
-    stack["health_gate"] = {"consecutive": 2, "interval": "1s", "timeout": "20s"}
-    target.write_text(yaml.safe_dump(stack, sort_keys=False))
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDeployment]:
-    subprocess.run([str(DEMO_DIR / "make-env.sh")], check=True, capture_output=True)
-    root = tmp_path_factory.mktemp("e2e")
-    home, stacks = root / "airflow-home", root / "stacks"
-    stacks.mkdir()
-    ports = {"api": free_port(), "postgres": free_port(), "redis": free_port()}
-    _stack_file(ports["api"], stacks / "demo.yaml")
-    passwords = _demo_passwords()
-    env = {
-        **os.environ,
-        "OPSFLOW_AIRFLOW_HOME": str(home),
-        "OPSFLOW_STACKS_DIR": str(stacks),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "DEMO_API_PORT": str(ports["api"]),
-        "DEMO_POSTGRES_PORT": str(ports["postgres"]),
-        "DEMO_REDIS_PORT": str(ports["redis"]),
-        "AIRFLOW_CONN_DEMO_POSTGRES": json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": "127.0.0.1",
-                "port": ports["postgres"],
-                "login": "app",
-                "password": passwords["POSTGRES_PASSWORD"],
-                "schema": "app",
-            }
-        ),
-        "AIRFLOW_CONN_DEMO_REDIS": json.dumps(
-            {
-                "conn_type": "redis",
-                "host": "127.0.0.1",
-                "port": ports["redis"],
-                "password": passwords["REDIS_PASSWORD"],
-            }
-        ),
-    }
-    env.pop("AIRFLOW_HOME", None)
-    migrate = subprocess.run(
-        [str(AIRFLOW), "db", "migrate"], env=env, capture_output=True, text=True, check=False
-    )
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
-    deployment = DemoDeployment(home=home, stacks=stacks, api_port=ports["api"], env=env)
-    deployment.compose("down", "--volumes", "--remove-orphans")
-    try:
-        yield deployment
-    finally:
-        deployment.compose("down", "--volumes", "--remove-orphans")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _alert_connections(smtp: SmtpCapture, receiver: HttpCapture) -> dict[str, str]:
@@ -282,4 +156,6 @@ def test_invalid_stack_file_is_a_clear_import_error(
     assert [Path(e["filepath"]).name for e in reported] == ["broken.py"], reported
     message = reported[0]["error"]
     assert "broken.yaml" in message and "health_gate.interval" in message and "'soon'" in message
-    assert [d["dag_id"] for d in cli_json("dags", "list")] == ["demo__deploy"]
+    assert sorted(d["dag_id"] for d in cli_json("dags", "list")) == [
+        "demo__deploy", "demo__log_cleanup",
+    ]  # fmt: skip

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from opsflow.runtimes.compose import compose_base_argv
+
 pytestmark = pytest.mark.integration
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "include" / "demo"
@@ -57,16 +59,7 @@ class DemoStack:
         self, version: str, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         argv = [
-            "docker",
-            "compose",
-            "--project-name",
-            PROJECT,
-            "--project-directory",
-            str(DEMO_DIR),
-            "--file",
-            str(DEMO_DIR / "docker-compose.yml"),
-            "--env-file",
-            str(self.env_file),
+            *compose_base_argv(PROJECT, DEMO_DIR, ["docker-compose.yml"], str(self.env_file)),
             *args,
         ]
         result = subprocess.run(

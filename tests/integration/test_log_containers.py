@@ -24,7 +24,6 @@ from opsflow.logs.containers import (
     ImagePrunePlan,
     container_log_report,
     log_limit_violations,
-    parse_size,
     plan_image_pruning,
     prune_images,
 )
@@ -328,17 +327,3 @@ def test_one_message_per_service_and_problem(strict_stack: Stack) -> None:
         "service api (containers demo-api-1, demo-api-2) runs without log limits: "
         "required max-size=10m max-file=3, found driver json-file with no max-size"
     ]
-
-
-@pytest.mark.parametrize(
-    ("text", "size"),
-    [("10m", 10 * 1024**2), ("20m", 20 * 1024**2), ("512k", 512 * 1024), ("1g", 1024**3),
-     ("1.5M", 3 * 1024**2 // 2), ("100", 100), ("2KiB", 2048), ("3mb", 3 * 1024**2)],
-)  # fmt: skip
-def test_parse_size(text: str, size: int) -> None:
-    assert parse_size(text) == size
-
-
-def test_parse_size_refuses_garbage() -> None:
-    with pytest.raises(ValueError, match="not a size"):
-        parse_size("ten megs")

@@ -16,15 +16,27 @@ if TYPE_CHECKING:
 
 def build_stack_dags(stack_name: str) -> list[DAG]:
     from opsflow.factory.deploy import build_deploy_dag
+    from opsflow.factory.maintenance import build_log_cleanup_dag
     from opsflow.stack.loader import load_stack
 
     stack = load_stack(stack_name)
-    return [build_deploy_dag(stack)]
+    return [build_deploy_dag(stack), build_log_cleanup_dag(stack)]
+
+
+def _register(dags: list[DAG], namespace: dict[str, Any]) -> list[DAG]:
+    for dag in dags:
+        namespace[dag.dag_id.replace("-", "_")] = dag
+    return dags
 
 
 def register_stack_dags(stack_name: str, namespace: dict[str, Any]) -> list[DAG]:
     """Build the stack's DAGs and put them in the calling DAG file's globals."""
-    dags = build_stack_dags(stack_name)
-    for dag in dags:
-        namespace[dag.dag_id.replace("-", "_")] = dag
-    return dags
+    return _register(build_stack_dags(stack_name), namespace)
+
+
+def register_airflow_maintenance_dags(namespace: dict[str, Any]) -> list[DAG]:
+    """DAGs that keep Airflow itself tidy (``include/airflow-maintenance.yaml``)."""
+    from opsflow.factory.maintenance import build_airflow_log_cleanup_dag
+    from opsflow.stack.loader import load_airflow_maintenance
+
+    return _register([build_airflow_log_cleanup_dag(load_airflow_maintenance())], namespace)

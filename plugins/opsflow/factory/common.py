@@ -7,7 +7,7 @@ from typing import Any
 
 import pendulum
 
-from opsflow.notifiers.routes import failure_callbacks
+from opsflow.notifiers.routes import Alerted, failure_callbacks
 from opsflow.operators.verify import StackGateSensor
 from opsflow.stack.model import ComposeRuntime, Stack
 
@@ -31,7 +31,7 @@ def dag_defaults(stack: Stack, workflow: str) -> dict[str, Any]:
     }
 
 
-def describe_alerts(stack: Stack) -> str:
+def describe_alerts(stack: Alerted) -> str:
     if not stack.alerts:
         return "no route configured (add `alerts:` to the stack file)"
     return ", ".join(f"{route.kind} (`{route.conn_id}`)" for route in stack.alerts)

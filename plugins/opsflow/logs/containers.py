@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from opsflow.logs.files import parse_size
 from opsflow.releases.history import newest_distinct, releases
 from opsflow.runtimes.engine import docker_url
 from opsflow.stack.model import ComposeRuntime, ContainerLogLimits, Stack
@@ -29,17 +30,7 @@ SERVICE_LABEL = "com.docker.compose.service"
 # Drivers whose files the engine itself rotates, with the limits they apply when no option
 # is given (docs.docker.com/engine/logging/drivers/json-file and .../local).
 ROTATING_DRIVERS: dict[str, tuple[str | None, int]] = {"json-file": (None, 1), "local": ("20m", 5)}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp])?i?b?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
 _CREATED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)?$")
-
-
-def parse_size(value: str) -> int:
-    """Bytes of a log size as the engine reads it (``10m``, ``1.5g``, ``512k``; 1024-based)."""
-    match = _SIZE.match(value)
-    if not match:
-        raise ValueError(f"not a size (use e.g. 512k, 10m, 1g): {value!r}")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower() or None])
 
 
 def _api_client() -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from opsflow.notifiers.alerts import (
     EmailAlert,
@@ -31,7 +31,17 @@ def notifier_for(
     raise TypeError(f"unknown alert route: {route!r}")
 
 
-def failure_callbacks(stack: Stack) -> list[OpsflowAlertNotifier]:
+class Alerted(Protocol):
+    """Anything with a name and alert routes: a stack, or Airflow's own maintenance."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def alerts(self) -> Sequence[AlertRoute]: ...
+
+
+def failure_callbacks(stack: Alerted) -> list[OpsflowAlertNotifier]:
     """One notifier per route, for ``default_args["on_failure_callback"]`` of every task.
 
     Airflow runs each callback of the list on its own, and none of ours raises, so a

@@ -17,7 +17,7 @@ RECORD_KEY = "step_record"
 @dataclass
 class StepRecord:
     step: str
-    version: str
+    version: str = ""
     dry_run: bool = False
     status: str = "running"  # running -> ok | failed | dry-run
     commands: list[str] = field(default_factory=list)
@@ -25,6 +25,9 @@ class StepRecord:
     detail: str = ""
     images: dict[str, Any] = field(default_factory=dict)
     health: list[dict[str, Any]] = field(default_factory=list)
+    # Human-readable lines for the run summary, and the step's structured report.
+    lines: list[str] = field(default_factory=list)
+    report: Any = None
     _started: float = field(default_factory=time.monotonic, repr=False)
 
     def finish(self, status: str, detail: str = "") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The last task of a release workflow: say what happened, and end the run honestly.
+"""The last task of a workflow: say what happened, and end the run honestly.
 
 It runs whatever happened upstream (trigger rule ``all_done``). Because it is the DAG's
 only leaf, Airflow derives the run's state from it, so it fails whenever a step failed or
@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from opsflow.operators.steps import RECORD_KEY, as_bool
 
 
-class ReleaseSummaryOperator(BaseOperator):
+class RunSummaryOperator(BaseOperator):
     """Collect the step records of ``step_task_ids`` and log one readable summary."""
 
     template_fields: Sequence[str] = ("version", "is_dry_run")
@@ -28,7 +28,7 @@ class ReleaseSummaryOperator(BaseOperator):
         stack_name: str,
         workflow: str,
         step_task_ids: list[str],
-        version: str,
+        version: str | None = None,
         dry_run: bool | str = False,
         **kwargs: Any,
     ) -> None:
@@ -55,7 +55,7 @@ class ReleaseSummaryOperator(BaseOperator):
         summary = {
             "stack": self.stack_name,
             "workflow": self.workflow,
-            "version": str(self.version),
+            "version": str(self.version) if self.version else "",
             "run_id": context["run_id"],
             "outcome": outcome,
             "steps": steps,
@@ -65,17 +65,17 @@ class ReleaseSummaryOperator(BaseOperator):
         if failed:
             first = failed[0]
             reason = (steps[first] or {}).get("detail") or "did not run"
-            raise AirflowFailException(
-                f"{self.workflow} of {self.stack_name} {self.version} failed at {first}: {reason}"
-            )
+            subject = " ".join(filter(None, [self.stack_name, self.version and str(self.version)]))
+            raise AirflowFailException(f"{self.workflow} of {subject} failed at {first}: {reason}")
         return summary
 
 
 def render_summary(summary: dict[str, Any]) -> str:
     """A fixed-width block that reads well in the task log."""
+    subject = " ".join(filter(None, [summary["stack"], summary["version"]]))
     lines = [
-        f"==== opsflow {summary['workflow']} summary: {summary['stack']} "
-        f"{summary['version']} -> {summary['outcome'].upper()} ====",
+        f"==== opsflow {summary['workflow']} summary: {subject} "
+        f"-> {summary['outcome'].upper()} ====",
         f"run: {summary['run_id']}   total step time: {summary['total_seconds']:.1f}s",
         f"{'step':<10} {'status':<9} {'seconds':>8}  detail",
     ]
@@ -88,6 +88,7 @@ def render_summary(summary: dict[str, Any]) -> str:
             f"{task_id:<10} {record['status']:<9} {seconds:>8}  {record.get('detail', '')}"
         )
         lines.extend(f"{'':<10} $ {command}" for command in record.get("commands", []))
+        lines.extend(f"{'':<10} {line}" for line in record.get("lines", []))
     images = {
         service: fact
         for record in summary["steps"].values()

@@ -8,6 +8,7 @@ the API instead of parsing CLI output.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 DEFAULT_DOCKER_URL = "unix://var/run/docker.sock"
@@ -36,3 +37,15 @@ def image_facts(references: list[str]) -> dict[str, dict[str, Any]]:
             "created": image.get("Created"),
         }
     return facts
+
+
+def volume_mountpoint(name: str) -> Path | None:
+    """Host path of a named volume's data, or ``None`` when the volume does not exist."""
+    from airflow.providers.docker.hooks.docker import DockerHook
+    from docker.errors import NotFound
+
+    client = DockerHook(docker_conn_id=None, base_url=docker_url()).api_client
+    try:
+        return Path(client.inspect_volume(name)["Mountpoint"])
+    except NotFound:
+        return None

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from opsflow.stack.model import Stack
+from opsflow.stack.model import AirflowMaintenance, Stack
 
 STACKS_DIR_ENV = "OPSFLOW_STACKS_DIR"
+MAINTENANCE_FILE_ENV = "OPSFLOW_AIRFLOW_MAINTENANCE"
 _REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -117,16 +118,23 @@ def _describe(error: Any, data: Any) -> str:
     return f"{_field_path(loc)}: {message}{shown}"
 
 
-def parse_stack(data: Any, path: Path) -> Stack:
-    """Validate already-loaded YAML data; ``path`` is for messages and the name check."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(model: type[M], data: Any, path: Path) -> M:
     if data is None:
         raise StackFileError(path, ["(top level): the file is empty"])
     if not isinstance(data, dict):
         raise StackFileError(path, [f"(top level): expected a mapping, got {type(data).__name__}"])
     try:
-        stack = Stack.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise StackFileError(path, [_describe(e, data) for e in exc.errors()]) from None
+
+
+def parse_stack(data: Any, path: Path) -> Stack:
+    """Validate already-loaded YAML data; ``path`` is for messages and the name check."""
+    stack = _validate(Stack, data, path)
     if stack.name != path.stem:
         raise StackFileError(
             path, [f"name: must equal the file name {path.stem!r} (got {stack.name!r})"]
@@ -134,16 +142,33 @@ def parse_stack(data: Any, path: Path) -> Stack:
     return stack
 
 
-def load_stack_file(path: Path) -> Stack:
+def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise StackFileError(path, [f"cannot read: {exc.strerror or exc}"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise StackFileError(path, [f"not valid YAML: {exc}"]) from None
-    return parse_stack(data, path)
+
+
+def load_stack_file(path: Path) -> Stack:
+    return parse_stack(_read_yaml(path), path)
+
+
+def maintenance_path() -> Path:
+    """``$OPSFLOW_AIRFLOW_MAINTENANCE`` or ``include/airflow-maintenance.yaml``."""
+    configured = os.environ.get(MAINTENANCE_FILE_ENV)
+    return Path(configured) if configured else _REPO_ROOT / "include" / "airflow-maintenance.yaml"
+
+
+def load_airflow_maintenance(path: Path | None = None) -> AirflowMaintenance:
+    """Settings of Airflow's own housekeeping; defaults when the file does not exist."""
+    path = path or maintenance_path()
+    if not path.exists():
+        return AirflowMaintenance()
+    return _validate(AirflowMaintenance, _read_yaml(path), path)
 
 
 def load_stack(name: str, directory: Path | None = None) -> Stack:

@@ -50,6 +50,16 @@ def parse_duration(value: Any) -> timedelta:
     raise ValueError(f"not a duration (use e.g. 30s, 5m, 2h, 7d): {value!r}")
 
 
+def known_timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone: {value!r}") from None
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
 Argv = Annotated[list[str], Field(min_length=1)]
@@ -290,6 +300,7 @@ class LogRoot(Strict):
     compress_after_days: int | None = Field(default=None, ge=0)
     delete_after_days: int | None = Field(default=None, ge=0)
     max_total_size: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*[KMGT]?i?B?$")
+    compression: Literal["gzip", "zstd"] = "gzip"
     min_age_minutes: int = Field(default=10, ge=0)
 
     @model_validator(mode="after")
@@ -385,16 +396,7 @@ class Stack(Strict):
     alerts: list[AlertRoute] = Field(default_factory=list)
     schedules: Schedules = Schedules()
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone: {value!r}") from None
-        return value
+    _known_timezone = field_validator("timezone")(known_timezone)
 
     @model_validator(mode="after")
     def _references(self) -> Stack:
@@ -445,3 +447,19 @@ class Stack(Strict):
             if service.name == name:
                 return service
         raise KeyError(name)
+
+
+class AirflowMaintenance(Strict):
+    """Housekeeping of Airflow itself (``include/airflow-maintenance.yaml``)."""
+
+    name: Literal["airflow"] = "airflow"
+    owner: str = "opsflow"
+    timezone: str = "UTC"
+    # Task logs and DAG-processor logs older than this are deleted.
+    log_retention_days: int = Field(default=30, ge=1)
+    log_cleanup_schedule: str | None = "15 4 * * *"
+    # Metadata DB rows older than this go with ``scripts/airflow-db-clean`` (outside tasks).
+    db_retention_days: int = Field(default=90, ge=1)
+    alerts: list[AlertRoute] = Field(default_factory=list)
+
+    _known_timezone = field_validator("timezone")(known_timezone)

@@ -1,0 +1,209 @@
+"""Housekeeping steps: log files, container logs, old images, Airflow's own logs.
+
+Each step processes everything it was given before it fails, so one unreadable root does
+not hide what happened to the others; its record (XCom) carries the full report for the
+run summary and its return value shows the same report in the UI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException
+
+from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line
+from opsflow.stack.loader import load_stack
+from opsflow.stack.model import LogRoot, Stack
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
+
+
+class MaintenanceStepOperator(BaseOperator):
+    """Base of the housekeeping steps: dry-run flag, step record, honest failure."""
+
+    template_fields: Sequence[str] = ("is_dry_run",)
+    ui_color = "#eef6ea"
+
+    def __init__(self, *, dry_run: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.is_dry_run = dry_run
+
+    def run(self, record: StepRecord) -> list[str]:
+        """Do the work, fill ``record``; return the problems that must fail the task."""
+        raise NotImplementedError
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        record = StepRecord(step=self.task_id, dry_run=as_bool(self.is_dry_run))
+        ti = context["ti"]
+        try:
+            problems = self.run(record)
+        except Exception as error:
+            ti.xcom_push(key=RECORD_KEY, value=record.finish("failed", first_line(str(error))))
+            raise
+        for line in record.lines:
+            self.log.info("%s", line)
+        if problems:
+            ti.xcom_push(key=RECORD_KEY, value=record.finish("failed", problems[0]))
+            raise AirflowException("\n".join(problems))
+        result = record.finish("dry-run" if record.dry_run else "ok")
+        ti.xcom_push(key=RECORD_KEY, value=result)
+        return result
+
+
+def describe_root_report(label: str, report: dict[str, Any]) -> list[str]:
+    if report["status"] == "missing":
+        return [f"{label}: WARNING root does not exist, nothing to do"]
+    verb = "would " if report["dry_run"] else ""
+    lines = [
+        f"{label}: {report['status']}; {verb}compress {report['compressed']}, "
+        f"{verb}delete {report['deleted']}, {verb}remove {report['dirs_removed']} dirs; "
+        f"{human_bytes(report['bytes_before'])} -> {human_bytes(report['bytes_after'])} "
+        f"({report['files_matched']} of {report['files_seen']} files matched; skipped: "
+        f"{report['skipped_open']} open, {report['skipped_recent']} recent, "
+        f"{report['skipped_changed']} changed while compressing)"
+    ]
+    if report["largest"]:
+        largest = ", ".join(f"{name} ({human_bytes(size)})" for name, size in report["largest"])
+        lines.append(f"{label}: largest remaining: {largest}")
+    if report.get("error"):
+        lines.append(f"{label}: ERROR {report['error']}")
+    return lines
+
+
+def clean_roots(
+    roots: Sequence[tuple[str, Path, Any]], *, dry_run: bool, record: StepRecord
+) -> list[str]:
+    """Run the file-cleanup engine over ``(label, path, rule)`` roots; return the failures."""
+    from opsflow.logs.files import clean_root, open_file_ids
+
+    open_files = open_file_ids()
+    reports: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for label, path, rule in roots:
+        report = clean_root(path, rule, dry_run=dry_run, open_files=open_files).to_dict()
+        reports[label] = report
+        record.lines.extend(describe_root_report(label, report))
+        if report["status"] == "error":
+            problems.append(f"log root {label} ({path}) failed: {report['error']}")
+    record.report = {"roots": reports}
+    totals = [sum(r["bytes_before"] for r in reports.values())]
+    totals.append(sum(r["bytes_after"] for r in reports.values()))
+    record.detail = (
+        f"{len(reports)} roots, {human_bytes(totals[0])} -> {human_bytes(totals[1])}"
+        + (" (dry run)" if dry_run else "")
+    )
+    return problems
+
+
+def root_rule(root: LogRoot) -> Any:
+    from opsflow.logs.files import CleanupRule, parse_size
+
+    return CleanupRule(
+        patterns=tuple(root.patterns),
+        compress_after_days=root.compress_after_days,
+        delete_after_days=root.delete_after_days,
+        max_total_bytes=parse_size(root.max_total_size) if root.max_total_size else None,
+        min_age_minutes=root.min_age_minutes,
+        compression=root.compression,
+    )
+
+
+def root_path(root: LogRoot) -> Path:
+    """Host path of a log root; a named volume's comes from the Docker Engine."""
+    if root.path is not None:
+        base = Path(root.path)
+    else:
+        from opsflow.runtimes.engine import volume_mountpoint
+
+        assert root.volume is not None
+        base = volume_mountpoint(root.volume) or Path(f"/nonexistent-volume/{root.volume}")
+    return base / root.subdir if root.subdir else base
+
+
+class StackLogFilesOperator(MaintenanceStepOperator):
+    """Compress, delete and cap the log files of every ``logs.roots`` entry of a stack."""
+
+    def __init__(self, *, stack_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stack_name = stack_name
+
+    def run(self, record: StepRecord) -> list[str]:
+        stack = load_stack(self.stack_name)
+        if not stack.logs.roots:
+            record.detail = "the stack declares no log roots"
+            return []
+        roots = [
+            (root.path or f"volume:{root.volume}", root_path(root), root_rule(root))
+            for root in stack.logs.roots
+        ]
+        return clean_roots(roots, dry_run=record.dry_run, record=record)
+
+
+class ContainerLogsOperator(MaintenanceStepOperator):
+    """Report each container's log size; fail when required log limits are missing."""
+
+    def __init__(self, *, stack_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stack_name = stack_name
+
+    def run(self, record: StepRecord) -> list[str]:
+        from opsflow.logs.containers import container_log_report, log_limit_violations
+
+        stack = load_stack(self.stack_name)
+        report = container_log_report(stack)
+        record.report = [entry.to_dict() for entry in report]
+        for entry in report:
+            size = "?" if entry.log_bytes is None else human_bytes(entry.log_bytes)
+            limits = f"max-size={entry.max_size or '-'} max-file={entry.max_file or '-'}"
+            record.lines.append(
+                f"{entry.service:<12} {entry.container}: log {size} ({entry.log_driver}, {limits})"
+            )
+        violations = log_limit_violations(stack, report)
+        record.detail = f"{len(report)} containers, {len(violations)} without required limits"
+        return violations
+
+
+class PruneImagesOperator(MaintenanceStepOperator):
+    """Remove the stack's images older than the last K releases, never a rollback image."""
+
+    def __init__(self, *, stack_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stack_name = stack_name
+
+    def run(self, record: StepRecord) -> list[str]:
+        from opsflow.logs.containers import plan_image_pruning, prune_images
+
+        stack: Stack = load_stack(self.stack_name)
+        plan = plan_image_pruning(stack, stack.logs.keep_images_releases)
+        outcome = prune_images(plan, dry_run=record.dry_run)
+        record.report = {"plan": plan.to_dict(), "outcome": outcome}
+        record.lines.extend(outcome)
+        record.detail = f"{len(outcome)} image actions" + (" (dry run)" if record.dry_run else "")
+        return []
+
+
+class AirflowLogsOperator(MaintenanceStepOperator):
+    """Delete Airflow's task and DAG-processor logs older than the retention."""
+
+    template_fields: Sequence[str] = (*MaintenanceStepOperator.template_fields, "retention_days")
+
+    def __init__(self, *, retention_days: int | str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.retention_days = retention_days
+
+    def run(self, record: StepRecord) -> list[str]:
+        from opsflow.logs.airflow_logs import airflow_log_roots
+
+        days = int(self.retention_days)
+        if days < 1:
+            raise ValueError(f"retention_days must be at least 1, got {self.retention_days!r}")
+        return clean_roots(airflow_log_roots(days), dry_run=record.dry_run, record=record)
