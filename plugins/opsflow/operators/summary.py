@@ -73,22 +73,23 @@ class RunSummaryOperator(BaseOperator):
 def render_summary(summary: dict[str, Any]) -> str:
     """A fixed-width block that reads well in the task log."""
     subject = " ".join(filter(None, [summary["stack"], summary["version"]]))
+    width = max(10, *(len(task_id) for task_id in summary["steps"]))
     lines = [
         f"==== opsflow {summary['workflow']} summary: {subject} "
         f"-> {summary['outcome'].upper()} ====",
         f"run: {summary['run_id']}   total step time: {summary['total_seconds']:.1f}s",
-        f"{'step':<10} {'status':<9} {'seconds':>8}  detail",
+        f"{'step':<{width}} {'status':<9} {'seconds':>8}  detail",
     ]
     for task_id, record in summary["steps"].items():
         if record is None:
-            lines.append(f"{task_id:<10} {'not run':<9} {'-':>8}")
+            lines.append(f"{task_id:<{width}} {'not run':<9} {'-':>8}")
             continue
         seconds = f"{record.get('seconds', 0.0):.1f}"
         lines.append(
-            f"{task_id:<10} {record['status']:<9} {seconds:>8}  {record.get('detail', '')}"
+            f"{task_id:<{width}} {record['status']:<9} {seconds:>8}  {record.get('detail', '')}"
         )
-        lines.extend(f"{'':<10} $ {command}" for command in record.get("commands", []))
-        lines.extend(f"{'':<10} {line}" for line in record.get("lines", []))
+        lines.extend(f"{'':<{width}} $ {command}" for command in record.get("commands", []))
+        lines.extend(f"{'':<{width}} {line}" for line in record.get("lines", []))
     images = {
         service: fact
         for record in summary["steps"].values()
