@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -216,11 +216,15 @@ def http_receiver() -> Iterator[HttpCapture]:
 # ============================================================================================
 
 
-def _service_missing(what: str) -> None:
-    """A missing server binary fails under CI (the setup must provide it) and skips elsewhere."""
+def service_unavailable(what: str) -> NoReturn:
+    """A missing service fails under CI (the setup must provide it) and skips elsewhere."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is not installed (CI=true requires it)")
-    pytest.skip(f"{what} is not installed")
+        pytest.fail(f"{what} (CI=true requires it)")
+    pytest.skip(what)
+
+
+def _service_missing(what: str) -> NoReturn:
+    service_unavailable(f"{what} is not installed")
 
 
 def _postgres_bin(name: str) -> str | None:

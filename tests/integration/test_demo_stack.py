@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from conftest import service_unavailable
 from opsflow.runtimes.compose import compose_base_argv
 
 pytestmark = pytest.mark.integration
@@ -30,13 +31,6 @@ pytestmark = pytest.mark.integration
 DEMO_DIR = Path(__file__).resolve().parents[2] / "include" / "demo"
 PROJECT = "opsflow-demotest"
 MIGRATE = ["alembic", "-c", "/app/alembic.ini", "upgrade", "head"]
-
-
-def _unavailable(reason: str) -> None:
-    """Fail in CI (a missing service is a broken environment there), skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _free_port() -> int:
@@ -111,12 +105,14 @@ class DemoStack:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
     if shutil.which("docker") is None:
-        _unavailable("docker CLI not found (run scripts/setup-docker.sh)")
+        service_unavailable("docker CLI not found (run scripts/setup-docker.sh)")
     probe = subprocess.run(
         ["docker", "compose", "version"], capture_output=True, text=True, check=False
     )
     if probe.returncode != 0:
-        _unavailable(f"Docker Compose v2 missing (run scripts/setup-docker.sh): {probe.stderr}")
+        service_unavailable(
+            f"Docker Compose v2 missing (run scripts/setup-docker.sh): {probe.stderr}"
+        )
     base = subprocess.run(
         ["docker", "image", "inspect", "debian:bookworm-slim"],
         capture_output=True,
@@ -124,7 +120,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
         check=False,
     )
     if base.returncode != 0:
-        _unavailable(
+        service_unavailable(
             f"Docker or base image unavailable (run scripts/setup-docker.sh): {base.stderr}"
         )
     env = {

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from conftest import PostgresServer, RedisServer, SwitchableHealthServer
+from conftest import PostgresServer, RedisServer, SwitchableHealthServer, service_unavailable
 from opsflow.sensors.health import ComposeHealthSensor, compose_unhealthy_window
 from opsflow.stack.model import HealthCheck
 from opsflow.triggers.checks import CheckResult, ComposeContext, check_to_data, run_check
@@ -44,12 +44,6 @@ def run_gate(trigger: HealthGateTrigger) -> dict[str, Any]:
         raise AssertionError("the trigger ended without an event")
 
     return asyncio.run(asyncio.wait_for(first(), timeout=120))
-
-
-def unavailable(what: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} (CI=true requires it)")
-    pytest.skip(what)
 
 
 # --------------------------------------------------------------------------- postgres
@@ -148,13 +142,13 @@ def test_image() -> str:
         shutil.which("docker") is None
         or subprocess.run(["docker", "info"], capture_output=True, check=False).returncode
     ):
-        unavailable("Docker Engine is not reachable")
+        service_unavailable("Docker Engine is not reachable")
     image = "debian:bookworm-slim"
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0:
         return image
     busybox = shutil.which("busybox")
     if busybox is None:
-        unavailable("neither debian:bookworm-slim nor busybox-static is available")
+        service_unavailable("neither debian:bookworm-slim nor busybox-static is available")
     assert busybox
     image = "opsflow-test-busybox:latest"
     context = Path(os.environ.get("TMPDIR", "/tmp")) / f"opsflow-busybox-{uuid.uuid4().hex[:8]}"
@@ -178,7 +172,7 @@ test_image.__test__ = False  # type: ignore[attr-defined]
 @pytest.fixture(scope="module")
 def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeContext]:
     if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
-        unavailable("Docker Compose v2 is not installed")
+        service_unavailable("Docker Compose v2 is not installed")
     workdir = tmp_path_factory.mktemp("compose")
     (workdir / "compose.yml").write_text(COMPOSE_FILE.format(image=test_image()))
     compose = ComposeContext(

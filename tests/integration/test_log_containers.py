@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import service_unavailable
 from opsflow.logs.containers import (
     ContainerLogs,
     ImagePrunePlan,
@@ -56,13 +57,6 @@ services:
       driver: json-file
       options: {max-size: "1m", max-file: "2"}
 """
-
-
-def _unavailable(reason: str) -> None:
-    """Fail in CI (a missing engine is a broken environment there), skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -115,11 +109,13 @@ class LogTest:
 @pytest.fixture(scope="module")
 def logtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogTest]:
     if shutil.which("docker") is None:
-        _unavailable("docker CLI not found (run scripts/setup-docker.sh)")
+        service_unavailable("docker CLI not found (run scripts/setup-docker.sh)")
     if _docker("compose", "version", check=False).returncode != 0:
-        _unavailable("Docker Compose v2 missing (run scripts/setup-docker.sh)")
+        service_unavailable("Docker Compose v2 missing (run scripts/setup-docker.sh)")
     if not _exists("debian:bookworm-slim"):
-        _unavailable("Docker Engine or debian:bookworm-slim unavailable (scripts/setup-docker.sh)")
+        service_unavailable(
+            "Docker Engine or debian:bookworm-slim unavailable (scripts/setup-docker.sh)"
+        )
 
     workdir = tmp_path_factory.mktemp("logtest")
     compose_file = workdir / "docker-compose.yml"

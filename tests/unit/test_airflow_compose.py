@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from conftest import service_unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.airflow.yml"
 
@@ -51,10 +53,7 @@ def _compose_available() -> bool:
 def _require_compose() -> None:
     if _compose_available():
         return
-    message = "docker compose (v2) is not installed; run scripts/setup-docker.sh"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    service_unavailable("docker compose (v2) is not installed; run scripts/setup-docker.sh")
 
 
 def _compose_config(variables: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
