@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 import yaml
@@ -26,6 +26,7 @@ import yaml
 from opsflow.runtimes.compose import compose_base_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 # ============================================================================================
 # Section: Airflow home, SMTP server and HTTP receiver (used by the alert notifier tests)
@@ -78,6 +79,23 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 os.environ[key] = value
 
 
+def wait_for_items(items: list[T], count: int, timeout: float) -> list[T]:
+    """Wait until a list filled by a server thread holds ``count`` items (or time is up)."""
+    deadline = time.monotonic() + timeout
+    while len(items) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return items
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of a GET, for error statuses too."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
 @dataclass
 class SmtpCapture:
     """A real SMTP server on 127.0.0.1 that keeps what it receives."""
@@ -91,10 +109,7 @@ class SmtpCapture:
     logins: list[str] = field(default_factory=list)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Message]:
-        deadline = time.monotonic() + timeout
-        while len(self.messages) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.messages
+        return wait_for_items(self.messages, count, timeout)
 
 
 @pytest.fixture
@@ -158,10 +173,7 @@ class HttpCapture:
         return [json.loads(r["body"]) for r in self.requests]
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.requests) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.requests
+        return wait_for_items(self.requests, count, timeout)
 
 
 @pytest.fixture
@@ -505,12 +517,7 @@ class DemoDeployment:
         )
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.api_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+        return get_json(f"http://127.0.0.1:{self.api_port}{path}")
 
     def ensure_deployed(self) -> None:
         """Deploy 1.0.0 unless some release of the stack already answers."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import service_unavailable
+from conftest import get_json, service_unavailable
 from opsflow.runtimes.compose import compose_base_argv
 
 pytestmark = pytest.mark.integration
@@ -81,12 +81,7 @@ class DemoStack:
         self.compose("none", "down", "--volumes", "--remove-orphans", timeout=120)
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.api_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+        return get_json(f"http://127.0.0.1:{self.api_port}{path}")
 
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         import psycopg
