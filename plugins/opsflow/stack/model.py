@@ -229,24 +229,43 @@ class Migration(Strict):
 # --------------------------------------------------------------------------- backups
 
 
+SOURCE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+# The files source (compose files, env file, stack file, listed config paths) of every backup.
+CONFIG_SOURCE = "config"
+
+
 class PostgresSource(Strict):
-    name: str
+    """One database, dumped with ``pg_dump -Fc`` and restored into a scratch server."""
+
+    name: str = Field(pattern=SOURCE_NAME_PATTERN)
     conn_id: str
     service: str | None = None
     database: str
     major_version: int | None = Field(default=None, ge=9, le=30)
+    # Directory holding pg_dump/pg_restore; default: the newest /usr/lib/postgresql/*/bin.
+    client_bin_dir: str | None = None
+    # Image of the scratch server for restore verification; default: the service's image.
+    verify_image: str | None = None
 
 
 class RedisSource(Strict):
-    name: str
+    """One Redis server, saved as an RDB snapshot."""
+
+    name: str = Field(pattern=SOURCE_NAME_PATTERN)
     conn_id: str
     service: str | None = None
+    # Image of the scratch server that loads the RDB; default: the service's image, or the
+    # host's redis-server when there is no service.
+    verify_image: str | None = None
 
 
 class BucketSource(Strict):
-    name: str
+    """One S3-compatible bucket (MinIO in the seeds), mirrored with per-object checksums."""
+
+    name: str = Field(pattern=SOURCE_NAME_PATTERN)
     conn_id: str
     bucket: str
+    prefix: str = ""
 
 
 class BackupSources(Strict):
@@ -258,9 +277,13 @@ class BackupSources(Strict):
 
 
 class S3Destination(Strict):
+    """Offsite copy; the connection's ``endpoint_url`` extra allows any S3-compatible store."""
+
     conn_id: str = "aws_default"
     bucket: str
     prefix: str = ""
+    sse: Literal["AES256", "aws:kms"] = "AES256"
+    kms_key_id: str | None = None
 
 
 class Retention(Strict):
@@ -275,6 +298,8 @@ class Backup(Strict):
     compression_level: int = Field(default=3, ge=1, le=19)
     retention: Retention = Retention()
     max_age: Duration = timedelta(hours=26)
+    # Restore-verify every scheduled backup (a manual run can switch it off).
+    verify: bool = True
     sources: BackupSources = BackupSources()
 
     @model_validator(mode="after")
@@ -284,7 +309,24 @@ class Backup(Strict):
         )
         if has_sources and not (self.local_dir or self.s3):
             raise ValueError("backup has sources but neither local_dir nor s3 destination")
+        if self.local_dir and not PurePosixPath(self.local_dir).is_absolute():
+            raise ValueError(f"backup.local_dir must be an absolute path: {self.local_dir!r}")
+        names = [source.name for source in self.database_sources] + [CONFIG_SOURCE]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(
+                f"backup source names must be unique (and {CONFIG_SOURCE!r} is reserved "
+                f"for the config files): {duplicates}"
+            )
         return self
+
+    @property
+    def database_sources(self) -> list[PostgresSource | RedisSource | BucketSource]:
+        return [*self.sources.postgres, *self.sources.redis, *self.sources.buckets]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.local_dir or self.s3)
 
 
 # --------------------------------------------------------------------------- logs
