@@ -26,6 +26,7 @@ if ((${#missing[@]})); then
 fi
 
 scripts/setup-docker.sh
+scripts/setup-old-pg-client.sh
 scripts/setup-python.sh
 include/demo/make-env.sh
 echo "setup: ready"

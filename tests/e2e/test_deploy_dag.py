@@ -17,27 +17,9 @@ import pytest
 import yaml
 
 from conftest import E2E_PROJECT as PROJECT
-from conftest import REPO_ROOT, DemoDeployment, HttpCapture, SmtpCapture
+from conftest import REPO_ROOT, DemoDeployment, HttpCapture, SmtpCapture, alert_connections
 
 pytestmark = pytest.mark.e2e
-
-
-def _alert_connections(smtp: SmtpCapture, receiver: HttpCapture) -> dict[str, str]:
-    return {
-        "AIRFLOW_CONN_DEMO_ALERT_WEBHOOK": json.dumps(
-            {"conn_type": "http", "host": f"{receiver.base_url}/alerts"}
-        ),
-        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": smtp.host,
-                "port": smtp.port,
-                "login": smtp.login,
-                "password": smtp.password,
-                "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 0},
-            }
-        ),
-    }
 
 
 def _output(result: subprocess.CompletedProcess[str]) -> str:
@@ -80,7 +62,7 @@ def test_dry_run_prints_the_commands_and_changes_nothing(deployment: DemoDeploym
 def test_never_ready_release_fails_at_verify_and_alerts(
     deployment: DemoDeployment, smtp_server: SmtpCapture, http_receiver: HttpCapture
 ) -> None:
-    alerts = _alert_connections(smtp_server, http_receiver)
+    alerts = alert_connections(smtp_server, http_receiver)
     result = deployment.dags_test({"version": "1.2.0-never-ready"}, alerts)
     out = _output(result)
 

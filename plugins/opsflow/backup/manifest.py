@@ -39,7 +39,7 @@ def new_backup_id(started: datetime, run_id: str) -> str:
 
 
 def check_backup_id(value: str) -> str:
-    if not _BACKUP_ID.match(value):
+    if not isinstance(value, str) or not _BACKUP_ID.fullmatch(value):
         raise BackupError(f"not a backup id (expected like 20261121T020000Z-1a2b3c): {value!r}")
     return value
 

@@ -41,6 +41,11 @@ class ScratchContainer:
         raw: bytes = _client().logs(self.id, tail=lines)
         return raw.decode(errors="replace")
 
+    def exit_code(self) -> int | None:
+        """``None`` while the container runs; its exit code once it stopped."""
+        state = _client().inspect_container(self.id)["State"]
+        return None if state.get("Running") else int(state.get("ExitCode", -1))
+
     def remove(self) -> None:
         from docker.errors import NotFound
 

@@ -250,13 +250,16 @@ class Pipeline:
         if isinstance(fed, BaseException):
             raise BackupError(f"{self.what}: reading {src}: {fed}") from fed
         _compare(expected, *fed)
-        if zstd.returncode != 0:
+        # zstd killed by SIGPIPE only means the consumer stopped reading: name the consumer.
+        if zstd.returncode not in (0, -signal.SIGPIPE):
             why = _describe_exit("zstd", zstd.returncode, tails["zstd"])
             raise ArtifactCorrupt(f"{self.what}: {why}")
         if consumer is not None and consumer.returncode != 0:
             name = Path(str(argv[0] if argv else "")).name
             why = _describe_exit(name, consumer.returncode, tails[name])
             raise BackupError(f"{self.what}: {why}")
+        if zstd.returncode != 0:
+            raise ArtifactCorrupt(f"{self.what}: zstd stopped early (its reader quit)")
         return result
 
     def _feed(self, src: Path, sink: IO[bytes], out: list[tuple[int, str] | BaseException]) -> None:

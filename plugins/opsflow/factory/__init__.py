@@ -15,12 +15,17 @@ if TYPE_CHECKING:
 
 
 def build_stack_dags(stack_name: str) -> list[DAG]:
+    from opsflow.factory.backup import build_backup_dag
     from opsflow.factory.deploy import build_deploy_dag
     from opsflow.factory.maintenance import build_log_cleanup_dag
+    from opsflow.factory.restore import build_restore_dag
     from opsflow.stack.loader import load_stack
 
     stack = load_stack(stack_name)
-    return [build_deploy_dag(stack), build_log_cleanup_dag(stack)]
+    dags = [build_deploy_dag(stack), build_log_cleanup_dag(stack)]
+    if stack.backup.enabled:
+        dags += [build_backup_dag(stack), build_restore_dag(stack)]
+    return dags
 
 
 def _register(dags: list[DAG], namespace: dict[str, Any]) -> list[DAG]:

@@ -67,7 +67,9 @@ def compose_context(stack: Stack) -> dict[str, Any] | None:
     }
 
 
-def gate_sensor(stack: Stack, *, task_id: str, version: str, dry_run: str) -> StackGateSensor:
+def gate_sensor(
+    stack: Stack, *, task_id: str, version: str, dry_run: str, **kwargs: Any
+) -> StackGateSensor:
     """The stack-level health gate over every check of every service."""
     return StackGateSensor(
         task_id=task_id,
@@ -78,4 +80,5 @@ def gate_sensor(stack: Stack, *, task_id: str, version: str, dry_run: str) -> St
         gate=stack.health_gate,
         compose=compose_context(stack),
         retries=0,
+        **kwargs,
     )

@@ -115,6 +115,10 @@ class ComposeProject:
     def stop_argv(self, services: list[str] | None = None) -> list[str]:
         return [*self.base_argv(), "stop", *(services or [])]
 
+    def start_argv(self, services: list[str]) -> list[str]:
+        """Start stopped containers as they were (no recreate, whatever release they run)."""
+        return [*self.base_argv(), "start", *services]
+
     def down_argv(self, volumes: bool = False) -> list[str]:
         return [*self.base_argv(), "down", "--remove-orphans", *(["--volumes"] if volumes else [])]
 

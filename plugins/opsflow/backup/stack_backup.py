@@ -1,0 +1,398 @@
+"""One stack's backups as a whole: which sources, where they go, how each is dumped,
+verified, published, restored and pruned.
+
+This is the layer the operators (and the upgrade's rollback) call. It keeps the Airflow
+specifics to two seams, both imported lazily: connections become :class:`Endpoint` values,
+and S3 clients come from the amazon provider's hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from opsflow.backup.context import Endpoint, RunContext
+from opsflow.backup.manifest import (
+    BackupError,
+    Manifest,
+    SourceBackup,
+    Verification,
+    utcnow,
+)
+from opsflow.releases.history import current_and_previous, state_dir
+from opsflow.runtimes.process import LineLogger
+from opsflow.stack.model import (
+    CONFIG_SOURCE,
+    BucketSource,
+    ComposeRuntime,
+    PostgresSource,
+    RedisSource,
+    Stack,
+)
+
+# Interrupted backups (no manifest) older than this are swept by the retention step; a
+# running backup is never that old without having published.
+PARTIAL_SWEEP_AGE = timedelta(hours=12)
+
+Source = PostgresSource | RedisSource | BucketSource
+
+
+def connection_endpoint(conn_id: str) -> Endpoint:
+    """An Airflow connection as plain values; the password never leaves this object."""
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    return Endpoint(
+        host=conn.host or "127.0.0.1",
+        port=int(conn.port or 0),
+        login=conn.login or "",
+        password=conn.password or "",
+        schema=conn.schema or "",
+        extra=dict(conn.extra_dejson or {}),
+    )
+
+
+def s3_client(conn_id: str) -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=conn_id).get_conn()
+
+
+@dataclass
+class StackBackups:
+    stack: Stack
+    stacks_dir: Path | None = None
+    # Seams for tests and benchmarks that run without Airflow connections.
+    resolve: Callable[[str], Endpoint] = field(default=connection_endpoint)
+    bucket_client: Callable[[str], Any] = field(default=s3_client)
+
+    # ------------------------------------------------------------------ layout
+
+    @property
+    def local_root(self) -> Path | None:
+        return Path(self.stack.backup.local_dir) if self.stack.backup.local_dir else None
+
+    @property
+    def staging_root(self) -> Path:
+        """Same filesystem as the local copies (publishing is a rename), else the state dir."""
+        return self.local_root or state_dir() / self.stack.name / "backup-staging"
+
+    def staging(self, backup_id: str) -> Path:
+        from opsflow.backup.stores import staging_dir
+
+        return staging_dir(self.staging_root, backup_id)
+
+    def source_names(self) -> list[str]:
+        backup = self.stack.backup
+        return [source.name for source in backup.database_sources] + [CONFIG_SOURCE]
+
+    def source(self, name: str) -> Source | None:
+        """The stack file's source of that name; ``None`` for the config files."""
+        for source in self.stack.backup.database_sources:
+            if source.name == name:
+                return source
+        if name == CONFIG_SOURCE:
+            return None
+        raise BackupError(f"stack {self.stack.name} has no backup source {name!r}")
+
+    def stores(self) -> list[Any]:
+        """Destinations in publishing order: local first (fast, then read by the upload)."""
+        from opsflow.backup.stores import LocalStore, S3Store
+
+        backup = self.stack.backup
+        stores: list[Any] = []
+        if self.local_root:
+            stores.append(LocalStore(self.local_root))
+        if backup.s3:
+            stores.append(
+                S3Store(
+                    conn_id=backup.s3.conn_id,
+                    bucket=backup.s3.bucket,
+                    prefix=backup.s3.prefix,
+                    stack=self.stack.name,
+                    sse=backup.s3.sse,
+                    kms_key_id=backup.s3.kms_key_id,
+                )
+            )
+        return stores
+
+    def primary_store(self) -> Any:
+        return self.stores()[0]
+
+    def context(self, backup_id: str, log: LineLogger, staging: Path | None = None) -> RunContext:
+        return RunContext(
+            stack=self.stack.name,
+            backup_id=backup_id,
+            staging=staging or self.staging(backup_id),
+            log=log,
+            level=self.stack.backup.compression_level,
+        )
+
+    # ------------------------------------------------------------------ compose facts
+
+    def _compose(self) -> Any:
+        from opsflow.runtimes.compose import ComposeProject
+
+        return ComposeProject.for_stack(self.stack, self.stacks_dir)
+
+    def _release(self) -> str:
+        """The deployed release (compose files interpolate it into image tags)."""
+        recorded = current_and_previous(self.stack.name)
+        return recorded[0] if recorded else "unknown"
+
+    def service_image(self, service: str | None) -> str | None:
+        if service is None or not isinstance(self.stack.runtime, ComposeRuntime):
+            return None
+        image: str | None = self._compose().images(self._release()).get(service)
+        return image
+
+    def config_paths(self) -> list[tuple[str, Path]]:
+        """Compose files, env file, stack file and the listed config paths, by archive name."""
+        from opsflow.stack.loader import resolve_working_dir, stack_path
+
+        paths: list[tuple[str, Path]] = [
+            (f"stack/{self.stack.name}.yaml", stack_path(self.stack.name, self.stacks_dir))
+        ]
+        runtime = self.stack.runtime
+        if isinstance(runtime, ComposeRuntime):
+            working = resolve_working_dir(self.stack, self.stacks_dir)
+            paths += [(f"compose/{name}", working / name) for name in runtime.files]
+            if runtime.env_file:
+                paths.append((f"compose/{runtime.env_file}", working / runtime.env_file))
+            for listed in self.stack.backup.sources.files:
+                path = Path(listed) if Path(listed).is_absolute() else working / listed
+                paths.append((f"config/{listed.lstrip('/')}", path))
+        return paths
+
+    # ------------------------------------------------------------------ dump / verify
+
+    def dump(self, name: str, ctx: RunContext) -> SourceBackup:
+        source = self.source(name)
+        if isinstance(source, PostgresSource):
+            from opsflow.backup.postgres import dump_postgres
+
+            return dump_postgres(source, self.resolve(source.conn_id), ctx)
+        if isinstance(source, RedisSource):
+            from opsflow.backup.redis import dump_redis
+
+            return dump_redis(source, self.resolve(source.conn_id), ctx)
+        if isinstance(source, BucketSource):
+            from opsflow.backup.buckets import dump_bucket
+
+            return dump_bucket(source, self.bucket_client(source.conn_id), ctx)
+        from opsflow.backup.files import dump_files
+
+        return dump_files(self.config_paths(), ctx, name=CONFIG_SOURCE)
+
+    def verify(self, backup: SourceBackup, artifact_dir: Path, ctx: RunContext) -> Verification:
+        source = self.source(backup.name)
+        if isinstance(source, PostgresSource):
+            from opsflow.backup.postgres import verify_postgres
+
+            image = source.verify_image or self.service_image(source.service)
+            if not image:
+                raise BackupError(
+                    f"{source.name}: no image for the scratch server "
+                    "(set verify_image or service in the stack file)"
+                )
+            return verify_postgres(
+                backup, artifact_dir, image, ctx, client_bin_dir=source.client_bin_dir
+            )
+        if isinstance(source, RedisSource):
+            from opsflow.backup.redis import verify_redis
+
+            image = source.verify_image or self.service_image(source.service)
+            return verify_redis(backup, artifact_dir, image, ctx)
+        if isinstance(source, BucketSource):
+            from opsflow.backup.buckets import verify_bucket
+
+            return verify_bucket(backup, artifact_dir, ctx)
+        from opsflow.backup.files import verify_files
+
+        return verify_files(backup, artifact_dir, ctx)
+
+    # ------------------------------------------------------------------ publish / list
+
+    def publish(self, manifest: Manifest, staging: Path, log: LineLogger) -> list[str]:
+        """Publish to every destination; returns the problems (empty when all went well).
+
+        The local copy goes first and stays published when the upload fails: it is a good
+        backup, and its manifest is rewritten to record that the offsite copy is missing.
+        """
+        stores = self.stores()
+        problems: list[str] = []
+        artifacts_at = staging
+        for store in stores:
+            if any(m.backup_id == manifest.backup_id for m in store.list_manifests(log)):
+                # A retried publish: this destination has it already, manifest and all.
+                manifest.destinations.setdefault(store.label, {"status": "published"})
+            else:
+                try:
+                    manifest.destinations[store.label] = store.publish(artifacts_at, manifest, log)
+                except BackupError as err:
+                    manifest.destinations[store.label] = {"status": "failed", "error": str(err)}
+                    problems.append(f"{store.label}: {err}")
+                    continue
+            if store.label == "local":
+                artifacts_at = Path(store.root) / manifest.backup_id
+        local_ok = manifest.destinations.get("local", {}).get("status") == "published"
+        if local_ok and len(stores) > 1:
+            stores[0].update_manifest(manifest)
+        return problems
+
+    def manifests(self, log: LineLogger | None = None) -> list[Manifest]:
+        """Published backups of the primary destination, oldest first."""
+        return list(self.primary_store().list_manifests(log))
+
+    def find(self, backup_id: str, log: LineLogger | None = None) -> tuple[Any, Manifest]:
+        """The store holding ``backup_id`` (``latest`` = newest usable) and its manifest."""
+        for store in self.stores():
+            found = [m for m in store.list_manifests(log) if m.status != "failed"]
+            if backup_id == "latest" and found:
+                return store, found[-1]
+            for manifest in found:
+                if manifest.backup_id == backup_id:
+                    return store, manifest
+        raise BackupError(
+            f"no usable backup {backup_id!r} of {self.stack.name} in "
+            + ", ".join(store.label for store in self.stores())
+        )
+
+    def artifact_dir(self, store: Any, manifest: Manifest, staging: Path) -> Path:
+        """A directory with the backup's artifacts: in place locally, downloaded from S3."""
+        if store.label == "local":
+            return Path(store.root) / manifest.backup_id
+        self.staging(staging.name)
+        for source in manifest.sources:
+            for artifact in source.artifacts:
+                store.fetch_artifact(manifest.backup_id, artifact, staging)
+        return staging
+
+    # ------------------------------------------------------------------ retention
+
+    def retention(self, now: datetime, dry_run: bool, keep: set[str], log: LineLogger) -> list[str]:
+        """Apply retention to each destination; returns the lines for the run summary."""
+        from opsflow.backup.retention import plan_retention
+
+        policy = self.stack.backup.retention
+        lines: list[str] = []
+        for store in self.stores():
+            days = policy.local_days if store.label == "local" else policy.offsite_days
+            plan = plan_retention(store.list_manifests(log), now, days, policy.keep_last_verified)
+            if not dry_run:
+                for backup_id in plan.delete:
+                    store.delete(backup_id)
+            lines += [f"{store.label}: {line}" for line in plan.lines(dry_run)]
+            swept = store.sweep_partials(PARTIAL_SWEEP_AGE, keep, dry_run)
+            verb = "would delete" if dry_run else "deleted"
+            lines += [f"{store.label}: {verb} interrupted backup {name}" for name in swept]
+        return lines
+
+    def freshness(self, now: datetime | None = None) -> list[str]:
+        from opsflow.backup.retention import check_freshness
+
+        return check_freshness(
+            self.manifests(), self.source_names(), now or utcnow(), self.stack.backup.max_age
+        )
+
+    # ------------------------------------------------------------------ whole backups
+
+    def take_backup(
+        self,
+        names: list[str],
+        backup_id: str,
+        trigger: str,
+        run_id: str,
+        log: LineLogger,
+        *,
+        verify: bool,
+    ) -> Manifest:
+        """Dump (and optionally verify) ``names`` and publish, in one call.
+
+        For backups taken inside another workflow (before a restore or an upgrade); the
+        nightly DAG runs the same steps as separate tasks. Staging is removed either way.
+        """
+        import shutil
+
+        ctx = self.context(backup_id, log)
+        started = utcnow().isoformat()
+        try:
+            sources = []
+            for name in names:
+                dumped = self.dump(name, ctx)
+                if verify:
+                    dumped.verification = self.verify(dumped, ctx.staging, ctx)
+                    if not dumped.verification.passed:
+                        raise BackupError(
+                            f"verification of {name} failed: "
+                            + "; ".join(dumped.verification.differences[:5])
+                        )
+                sources.append(dumped)
+            manifest = Manifest(
+                backup_id=backup_id,
+                stack=self.stack.name,
+                trigger=trigger,
+                run_id=run_id,
+                started_at=started,
+                ended_at=utcnow().isoformat(),
+                sources=sources,
+                compression={"algorithm": "zstd", "level": self.stack.backup.compression_level},
+            )
+            problems = self.publish(manifest, ctx.staging, log)
+            if problems:
+                raise BackupError("; ".join(problems))
+            return manifest
+        finally:
+            ctx.pipeline.terminate()
+            shutil.rmtree(ctx.staging, ignore_errors=True)
+
+    # ------------------------------------------------------------------ restore support
+
+    def writers(self, names: list[str]) -> list[str]:
+        """Services to stop while ``names`` are restored: the stack's writers, and the
+        Redis servers whose RDB file is replaced."""
+        services = [service.name for service in self.stack.services if service.writes_data]
+        for name in names:
+            source = self.source(name)
+            if isinstance(source, RedisSource) and source.service:
+                services.append(source.service)
+        return list(dict.fromkeys(services))
+
+    def compose_services(
+        self, action: str, services: list[str], release: str, log: LineLogger
+    ) -> list[str]:
+        """Stop or start ``services``; stopping returns only those that were running."""
+        project = self._compose()
+        if action == "stop":
+            running = {row.get("Service") for row in project.status(release)
+                       if row.get("State") == "running"}  # fmt: skip
+            services = [service for service in services if service in running]
+            argv = project.stop_argv(services) if services else None
+        else:
+            argv = project.start_argv(services)
+        if argv:
+            project.runner(release, log).run(argv, timeout=300)
+        return services
+
+    def redis_data_dir(self, source: RedisSource) -> Path:
+        """Host path of the directory the Redis service keeps ``dump.rdb`` in."""
+        from opsflow.runtimes.engine import volume_mountpoint
+
+        if not source.service:
+            raise BackupError(f"{source.name}: restoring Redis needs the compose service")
+        config = self._compose().config(self._release())
+        service = config.get("services", {}).get(source.service, {})
+        for mount in service.get("volumes", []):
+            if mount.get("target") != "/data":
+                continue
+            if mount.get("type") == "bind":
+                return Path(mount["source"])
+            volume = config.get("volumes", {}).get(mount.get("source"), {})
+            name = volume.get("name") or f"{self._compose().name}_{mount.get('source')}"
+            path = volume_mountpoint(name)
+            if path:
+                return path
+        raise BackupError(f"{source.name}: service {source.service} has no /data volume")
