@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start Airflow standalone for this checkout, deploy the demo stack's 1.0.0 through
-# demo__deploy, wait for the run to finish and say where to look.
+# demo__deploy, take a first verified backup through demo__backup, and say where to look.
 #   scripts/demo.sh          start (idempotent) and deploy
 #   scripts/demo.sh --stop   stop Airflow and the demo stack
 set -euo pipefail
@@ -54,26 +54,42 @@ done
 echo
 "$AF" dags unpause demo__deploy >/dev/null
 
+# Final state of one run (success/failed), or "" if it is still running after ~30 min.
+wait_run() {
+  local dag=$1 run_id=$2 state=""
+  for _ in $(seq 1 360); do
+    # The JSON document is the last stdout line; Airflow may print warnings before it.
+    state=$("$AF" dags list-runs "$dag" -o json 2>/dev/null | tail -n 1 | "$REPO/.venv/bin/python" -c \
+      'import json,sys; print(next((r["state"] for r in json.load(sys.stdin) if r["run_id"]==sys.argv[1]), ""))' "$run_id" 2>/dev/null || true)
+    [[ $state == success || $state == failed ]] && break
+    sleep 5
+  done
+  echo "$state"
+}
+
 RUN_ID="demo-deploy-$VERSION-$(date -u +%Y%m%dT%H%M%S)"
 "$AF" dags trigger demo__deploy --run-id "$RUN_ID" --conf "{\"version\": \"$VERSION\"}" >/dev/null
 echo "demo: triggered demo__deploy ($RUN_ID) for version $VERSION; the first build takes a few minutes"
+state=$(wait_run demo__deploy "$RUN_ID")
 
-state=""
-for _ in $(seq 1 360); do
-  # The JSON document is the last stdout line; Airflow may print warnings before it.
-  state=$("$AF" dags list-runs demo__deploy -o json 2>/dev/null | tail -n 1 | "$REPO/.venv/bin/python" -c \
-    'import json,sys; print(next((r["state"] for r in json.load(sys.stdin) if r["run_id"]==sys.argv[1]), ""))' "$RUN_ID" 2>/dev/null || true)
-  [[ $state == success || $state == failed ]] && break
-  sleep 5
-done
+# The nightly backup is scheduled from now on; take a first one by hand, verified.
+backup_state="skipped (deploy did not succeed)"
+if [[ $state == success && $backup_state == success ]]; then
+  "$AF" dags unpause demo__backup >/dev/null
+  BACKUP_RUN="demo-backup-$(date -u +%Y%m%dT%H%M%S)"
+  "$AF" dags trigger demo__backup --run-id "$BACKUP_RUN" >/dev/null
+  echo "demo: triggered demo__backup ($BACKUP_RUN): dump, restore into a scratch server, compare, publish"
+  backup_state=$(wait_run demo__backup "$BACKUP_RUN")
+fi
 
 PASSWORD_FILE="$HOME_DIR/simple_auth_manager_passwords.json.generated"
 PASSWORD=$([[ -f $PASSWORD_FILE ]] && "$REPO/.venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("admin", "?"))' "$PASSWORD_FILE" || echo "see $LOG")
 cat <<MSG
 
 demo__deploy run $RUN_ID: ${state:-still running}
+demo__backup run ${BACKUP_RUN:-}: ${backup_state:-still running} (backups in /var/backups/opsflow/demo)
   Airflow UI : $UI/dags/demo__deploy   (login: admin / $PASSWORD)
   Demo API   : http://127.0.0.1:18080/version   http://127.0.0.1:18080/health/ready
   Stop all   : make demo-stop
 MSG
-[[ $state == success ]]
+[[ $state == success && $backup_state == success ]]

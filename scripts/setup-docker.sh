@@ -10,6 +10,8 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib/debian-suite-fetch.sh
+source "$SCRIPT_DIR/lib/debian-suite-fetch.sh"
 DOCKERD_LOG=/var/log/dockerd.log
 DOCKERD_WAIT_SECONDS=${DOCKERD_WAIT_SECONDS:-60}
 PLUGIN_DIR=/usr/libexec/docker/cli-plugins
@@ -55,27 +57,6 @@ missing_items() {
     have_base_image || echo "base image $BASE_IMAGE"
 }
 
-# The machine's Debian mirror: deb822 sources first, then one-line sources.list.
-debian_mirror() {
-    local file uri=""
-    for file in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list.d/*.sources; do
-        [[ -r "$file" ]] || continue
-        uri=$(awk '
-            /^[[:space:]]*$/ { if (u != "" && s ~ /(^| )[a-z]+( |$)/ && u !~ /security/) { print u; exit } u=""; s="" }
-            /^URIs:/   { u=$2 }
-            /^Suites:/ { $1=""; s=$0 }
-            END        { if (u != "" && s ~ /(^| )[a-z]+( |$)/ && u !~ /security/) print u }
-        ' "$file" | head -n1)
-        [[ -n "$uri" ]] && break
-    done
-    if [[ -z "$uri" && -r /etc/apt/sources.list ]]; then
-        uri=$(awk '$1 == "deb" {
-                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                if ($i !~ /security/) { print $i; exit } }' /etc/apt/sources.list)
-    fi
-    printf '%s\n' "${uri:-http://deb.debian.org/debian}"
-}
-
 install_docker_engine() {
     if find_dockerd >/dev/null && have_docker_cli; then
         log "dockerd present at $(find_dockerd); docker CLI at $(command -v docker)"
@@ -115,34 +96,14 @@ install_compose_v2() {
         log "Compose present: $(docker compose version)"
         return 0
     fi
-    local mirror tmp
-    mirror=$(debian_mirror)
-    tmp=$(mktemp -d)
+    local root
+    root=$(mktemp -d)
     # shellcheck disable=SC2064
-    trap "rm -rf '$tmp'" RETURN
-    mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/deb"
-    # apt downloads as user _apt; mktemp's 0700 would force an unsandboxed fetch.
-    chmod -R go+rx "$tmp"
-    chown _apt "$tmp/lists/partial" "$tmp/deb" 2>/dev/null || true
-    printf 'deb %s trixie main\n' "$mirror" >"$tmp/sources.list"
-    # A throw-away apt config: the system's lists and caches stay untouched.
-    local -a apt_opts=(
-        -o "Dir::Etc::SourceList=$tmp/sources.list"
-        -o "Dir::Etc::SourceParts=/dev/null"
-        -o "Dir::State::Lists=$tmp/lists"
-        -o "Dir::Cache=$tmp/cache"
-    )
-    log "fetching docker-compose (v2) from $mirror trixie"
-    apt-get "${apt_opts[@]}" update -qq || die "apt-get update for trixie failed"
-    (cd "$tmp/deb" && apt-get "${apt_opts[@]}" download docker-compose) ||
-        die "apt-get download docker-compose failed"
-    local deb
-    deb=$(find "$tmp/deb" -maxdepth 1 -name 'docker-compose_*.deb' | head -n1)
-    [[ -n "$deb" ]] || die "no docker-compose .deb downloaded"
-    dpkg -x "$deb" "$tmp/root"
-    [[ -x "$tmp/root/usr/libexec/docker/cli-plugins/docker-compose" ]] ||
-        die "$(basename "$deb") has no usr/libexec/docker/cli-plugins/docker-compose"
-    install -D -m 0755 "$tmp/root/usr/libexec/docker/cli-plugins/docker-compose" \
+    trap "rm -rf '$root'" EXIT
+    debian_suite_unpack trixie docker-compose "$root"
+    [[ -x "$root/usr/libexec/docker/cli-plugins/docker-compose" ]] ||
+        die "docker-compose from trixie has no usr/libexec/docker/cli-plugins/docker-compose"
+    install -D -m 0755 "$root/usr/libexec/docker/cli-plugins/docker-compose" \
         "$PLUGIN_DIR/docker-compose"
     have_compose_v2 || die "docker compose still fails after installing $PLUGIN_DIR/docker-compose"
     log "installed $(docker compose version)"

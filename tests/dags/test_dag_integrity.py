@@ -53,8 +53,23 @@ def test_every_stack_file_has_a_dag_file() -> None:
 
 @pytest.mark.parametrize("stack", STACK_NAMES)
 def test_each_stack_gets_its_dags(dagbag: Any, stack: str) -> None:
-    assert {f"{stack}__deploy", f"{stack}__log_cleanup"} <= set(dagbag.dags)
+    workflows = ("deploy", "log_cleanup", "backup", "restore")
+    expected = {f"{stack}__{workflow}" for workflow in workflows}
+    assert expected <= set(dagbag.dags)
     assert dagbag.dags[f"{stack}__deploy"].schedule is None
+    assert dagbag.dags[f"{stack}__restore"].schedule is None
+
+
+def test_backup_is_nightly_in_the_stack_timezone_with_a_group_per_source(dagbag: Any) -> None:
+    demo = yaml.safe_load((STACKS / "demo.yaml").read_text())
+    dag = dagbag.dags["demo__backup"]
+    assert dag.schedule == demo.get("schedules", {}).get("backup", "0 2 * * *")
+    assert str(dag.timezone.name) == demo.get("timezone", "UTC")
+    groups = {task.task_group.group_id for task in dag.tasks if task.task_group.group_id}
+    assert groups == {"app_db", "cache", "config"}
+    assert dag.get_task("app_db.verify").upstream_task_ids == {"app_db.dump"}
+    always = {"retention", "freshness", "cleanup", "summary"}
+    assert {t.task_id for t in dag.tasks if t.trigger_rule == "all_done"} == always
 
 
 def test_log_cleanup_is_nightly_from_the_stack_file(dagbag: Any) -> None:
@@ -181,3 +196,34 @@ def test_a_broken_stack_file_is_an_import_error_of_its_own_dag_file(
     assert "kratos__deploy" not in bag.dags and "kratos__log_cleanup" not in bag.dags
     assert {f"{s}__deploy" for s in STACK_NAMES if s != "kratos"} <= set(bag.dags)
     assert "airflow__log_cleanup" in bag.dags
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "conf"),
+    [
+        ("demo__backup", {"sources": ["app_db", "nope"]}),
+        ("demo__backup", {"sources": []}),
+        ("demo__backup", {"verify": "no"}),
+        ("demo__restore", {}),
+        ("demo__restore", {"confirm": "dem"}),
+        ("demo__restore", {"confirm": "demo\n"}),
+        ("demo__restore", {"confirm": "demo", "backup_id": "../../etc/passwd"}),
+        ("demo__restore", {"confirm": "demo", "backup_id": "20261121T020000Z-1a2b3c; id"}),
+        ("demo__restore", {"confirm": "demo", "target_database": "x; DROP DATABASE app"}),
+        ("demo__restore", {"confirm": "demo", "sources": ["config"]}),
+    ],
+)
+def test_backup_and_restore_forms_refuse_bad_input(
+    dagbag: Any, dag_id: str, conf: dict[str, Any]
+) -> None:
+    from airflow.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="Invalid input for param"):
+        _serialized(dagbag, dag_id).params.deep_merge(conf).validate()
+
+
+def test_restore_form_accepts_a_backup_id_or_latest(dagbag: Any) -> None:
+    params = _serialized(dagbag, "demo__restore").params
+    for backup_id in ("latest", "20261121T020000Z-1a2b3c"):
+        conf = {"confirm": "demo", "backup_id": backup_id, "target_database": "copy_1"}
+        assert params.deep_merge(conf).validate()["backup_id"] == backup_id

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import secrets
-import subprocess
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from conftest import S3Server
+from conftest import S3Server, consistent_artifact, retar
 from opsflow.backup.buckets import dump_bucket, restore_bucket, verify_bucket
 from opsflow.backup.context import RunContext
 from opsflow.backup.manifest import SourceBackup
@@ -110,36 +107,16 @@ def test_prefix_limits_the_mirror(seeded: Seeded, s3_server: S3Server, tmp_path:
     assert verify_bucket(backup, ctx.staging, ctx).passed
 
 
-def _retarred(artifact: Path, change: str, payload: bytes) -> bytes:
-    raw = subprocess.run(["zstd", "-d", "-c", str(artifact)], capture_output=True, check=True)
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(raw.stdout), mode="r:") as src,
-        tarfile.open(fileobj=out, mode="w:", format=tarfile.PAX_FORMAT) as dst,
-    ):
-        for member in src:
-            if member.name == change:
-                member.size = len(payload)
-                dst.addfile(member, io.BytesIO(payload))
-            else:
-                dst.addfile(member, src.extractfile(member))
-    return out.getvalue()
-
-
 def test_changed_object_in_artifact_is_named(
     dumped: tuple[SourceBackup, RunContext], tmp_path: Path
 ) -> None:
     backup, original_ctx = dumped
     ctx = _ctx(tmp_path)
     changed = "uploads/2026/3/file-013.txt"
-    tampered = _retarred(original_ctx.staging / backup.artifacts[0].name, changed, b"evil\n")
-
-    def writer(sink: IO[bytes]) -> None:
-        sink.write(tampered)
-
+    tampered = retar(original_ctx.staging / backup.artifacts[0].name, changed, b"evil\n")
     copy = SourceBackup.from_dict(backup.to_dict())
     copy.artifacts = [
-        ctx.pipeline.compress_to_file(ctx.staging / "media.objects.tar.zst", level=1, writer=writer)
+        consistent_artifact(ctx, ctx.staging / "media.objects.tar.zst", tampered, level=1)
     ]
     verification = verify_bucket(copy, ctx.staging, ctx)
     assert verification.status == "failed"

@@ -3,7 +3,7 @@ into a scratch container of the demo image, restore into the live or a new datab
 
 The source is the host PostgreSQL 15 of the ``postgres_server`` fixture; each test gets its
 own database with odd (quoted) names, NULLs, duplicates, a sequence and a few thousand rows.
-Scratch servers run from opsflow-demo/postgres:15 (built here when missing).
+Scratch servers run from opsflow-demo/postgres:15 (conftest's pg_image builds it when missing).
 """
 
 from __future__ import annotations
@@ -16,13 +16,21 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from conftest import REPO_ROOT, PostgresServer, service_unavailable
+from conftest import (
+    ListLog,
+    PostgresServer,
+    consistent_artifact,
+    flip_byte,
+    scratch_containers,
+    service_unavailable,
+)
 from opsflow.backup.context import Endpoint, RunContext
 from opsflow.backup.manifest import BackupError, SourceBackup
 from opsflow.backup.postgres import (
@@ -33,26 +41,14 @@ from opsflow.backup.postgres import (
     restore_postgres,
     verify_postgres,
 )
-from opsflow.backup.scratch import SCRATCH_LABEL
 from opsflow.backup.stream import ArtifactCorrupt
 from opsflow.stack.model import PostgresSource
 
 pytestmark = pytest.mark.integration
-IMAGE = "opsflow-demo/postgres:15"
 BACKUP_ID = "20260101T000000Z-0f0f0f"
 STACK = "pgtest"
 OLD_CLIENT = Path("/opt/opsflow/pg-client-13/usr/lib/postgresql/13/bin")
 ODD_TABLE = '"Odd Schema"."Mixed.Case ""quoted"" table"'
-
-
-class ListLog:
-    """A LineLogger keeping every formatted line (to check what reaches the task log)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: Any, /, *args: Any) -> None:
-        self.lines.append(str(msg) % args if args else str(msg))
 
 
 def _connect(server: PostgresServer, dbname: str, autocommit: bool = True) -> Any:
@@ -122,41 +118,24 @@ SELECT nextval('counter') FROM generate_series(1, 5);
 """
 
 
-@pytest.fixture
-def source_db(postgres_server: PostgresServer) -> Iterator[str]:
-    name = f"opsflow_src_{secrets.token_hex(3)}"
-    with _connect(postgres_server, "postgres") as conn:
+@contextmanager
+def _database(server: PostgresServer, prefix: str, fill: str) -> Iterator[str]:
+    """A new database filled by ``fill``; it and every database named after it go afterwards."""
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    with _connect(server, "postgres") as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        with _connect(postgres_server, name) as conn:
-            conn.execute(FILL)
+        with _connect(server, name) as conn:
+            conn.execute(fill)
         yield name
     finally:
-        _drop(postgres_server, *_databases(postgres_server, name))
+        _drop(server, *_databases(server, name))
 
 
-@pytest.fixture(scope="session")
-def pg_image() -> str:
-    if not shutil.which("docker"):
-        service_unavailable("docker is not installed")
-    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
-        service_unavailable("Docker Engine is not running")
-    present = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True)
-    if present.returncode != 0:
-        subprocess.run(
-            ["docker", "build", "--network", "host", "-t", IMAGE,
-             str(REPO_ROOT / "docker/postgres")],
-            check=True, capture_output=True, timeout=900,
-        )  # fmt: skip
-    return IMAGE
-
-
-def _scratch_left() -> list[str]:
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={SCRATCH_LABEL}={STACK}.{BACKUP_ID}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return out.stdout.split()
+@pytest.fixture
+def source_db(postgres_server: PostgresServer) -> Iterator[str]:
+    with _database(postgres_server, "opsflow_src", FILL) as name:
+        yield name
 
 
 @pytest.fixture
@@ -167,7 +146,7 @@ def ctx(tmp_path: Path) -> Iterator[RunContext]:
     context = RunContext(stack=STACK, backup_id=BACKUP_ID, staging=staging, log=ListLog())
     yield context
     if shutil.which("docker"):
-        left = _scratch_left()
+        left = scratch_containers(f"{STACK}.{BACKUP_ID}")
         if left:
             subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
         assert left == [], f"scratch containers left behind: {left}"
@@ -287,7 +266,7 @@ def test_flipped_byte_truncation_and_garbage_fail_verification(
     path = ctx.staging / "db.pgdump.zst"
     good = path.read_bytes()
 
-    path.write_bytes(good[:100] + bytes([good[100] ^ 0x01]) + good[101:])
+    path.write_bytes(flip_byte(good, 100, 0x01))
     flipped = verify_postgres(backup, ctx.staging, pg_image, ctx)
     path.write_bytes(good[: len(good) // 2])
     truncated = verify_postgres(backup, ctx.staging, pg_image, ctx)
@@ -298,13 +277,9 @@ def test_flipped_byte_truncation_and_garbage_fail_verification(
     assert "(truncated)" in truncated.differences[0]
 
     # A file matching its manifest entry that is no pg_dump archive: pg_restore refuses.
-    def writer(sink: IO[bytes]) -> None:
-        sink.write(b"PGDMP but not really an archive\n" * 10)
-
     path.unlink()
-    garbage = replace(
-        backup, artifacts=[ctx.pipeline.compress_to_file(path, level=3, writer=writer)]
-    )
+    fake = consistent_artifact(ctx, path, b"PGDMP but not really an archive\n" * 10, level=3)
+    garbage = replace(backup, artifacts=[fake])
     refused = verify_postgres(garbage, ctx.staging, pg_image, ctx)
     assert refused.status == "failed"
     assert "pg_restore exited with 1" in refused.differences[0], refused.differences
@@ -316,18 +291,12 @@ def test_flipped_byte_truncation_and_garbage_fail_verification(
 @pytest.fixture(scope="module")
 def big_db(postgres_server: PostgresServer) -> Iterator[str]:
     """~100 MB in one table: pg_dump streams it for well over the time the test needs."""
-    name = f"opsflow_big_{secrets.token_hex(3)}"
-    with _connect(postgres_server, "postgres") as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        with _connect(postgres_server, name) as conn:
-            conn.execute(
-                "CREATE TABLE blobs AS SELECT g AS id, repeat(md5(g::text), 9) AS body "
-                "FROM generate_series(1, 330000) g"
-            )
+    fill = (
+        "CREATE TABLE blobs AS SELECT g AS id, repeat(md5(g::text), 9) AS body "
+        "FROM generate_series(1, 330000) g"
+    )
+    with _database(postgres_server, "opsflow_big", fill) as name:
         yield name
-    finally:
-        _drop(postgres_server, name)
 
 
 def _child_pids(name: str) -> list[int]:
@@ -464,21 +433,15 @@ def test_restore_refuses_a_corrupt_artifact_and_leaves_the_live_database(
         conn.execute("INSERT INTO items (name) VALUES ('after the backup')")
     live = _source_fingerprint(postgres_server, source_db)
     path = ctx.staging / "db.pgdump.zst"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    path.write_bytes(flip_byte(path.read_bytes()))
 
     with pytest.raises(ArtifactCorrupt, match=r"db\.pgdump\.zst: sha256"):
         restore_postgres(backup, path, _endpoint(postgres_server), source_db, ctx)
 
     # Intact file, but pg_restore fails on it: the side database goes, the live one stays.
-    def writer(sink: IO[bytes]) -> None:
-        sink.write(b"not an archive\n" * 10)
-
     path.unlink()
-    garbage = replace(
-        backup, artifacts=[ctx.pipeline.compress_to_file(path, level=3, writer=writer)]
-    )
+    fake = consistent_artifact(ctx, path, b"not an archive\n" * 10, level=3)
+    garbage = replace(backup, artifacts=[fake])
     with pytest.raises(BackupError, match="pg_restore exited with 1"):
         restore_postgres(garbage, path, _endpoint(postgres_server), source_db, ctx)
 

@@ -2,44 +2,31 @@
 
 The data set is a few thousand keys of every common type in two databases, some with a
 TTL. Verification loads the artifact into the host's redis-server and into the demo image
-opsflow-demo/redis:7 (built here when missing); restore writes dump.rdb into a data dir a
-fresh redis-server then starts from.
+opsflow-demo/redis:7 (conftest's redis_image builds it when missing); restore writes dump.rdb
+into a data dir a fresh redis-server then starts from.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from conftest import REPO_ROOT, RedisServer, service_unavailable
+from conftest import ListLog, RedisServer, consistent_artifact, flip_byte, scratch_containers
 from opsflow.backup.context import Endpoint, RunContext
 from opsflow.backup.manifest import BackupError, SourceBackup
 from opsflow.backup.redis import check_rdb, dump_redis, restore_redis, verify_redis
-from opsflow.backup.scratch import SCRATCH_LABEL
 from opsflow.stack.model import RedisSource
 
 pytestmark = pytest.mark.integration
-IMAGE = "opsflow-demo/redis:7"
 BACKUP_ID = "20260101T000000Z-abcdef"
-
-
-class ListLog:
-    """A LineLogger keeping every formatted line (to check what reaches the task log)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: Any, /, *args: Any) -> None:
-        self.lines.append(str(msg) % args if args else str(msg))
 
 
 def _redis(**kwargs: Any) -> Any:
@@ -102,29 +89,6 @@ def dumped(
     return dump_redis(RedisSource(name="cache", conn_id="demo_redis"), endpoint, ctx), ctx
 
 
-@pytest.fixture(scope="session")
-def redis_image() -> str:
-    if not shutil.which("docker"):
-        service_unavailable("docker is not installed")
-    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
-        service_unavailable("Docker Engine is not running")
-    present = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True)
-    if present.returncode != 0:
-        subprocess.run(
-            ["docker", "build", "--network", "host", "-t", IMAGE, str(REPO_ROOT / "docker/redis")],
-            check=True, capture_output=True, timeout=600,
-        )  # fmt: skip
-    return IMAGE
-
-
-def _scratch_left() -> list[str]:
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={SCRATCH_LABEL}=demo.{BACKUP_ID}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return out.stdout.split()
-
-
 # ---------------------------------------------------------------------------------- dump
 
 
@@ -182,9 +146,7 @@ def test_corrupt_rdb_is_rejected_by_the_check(
     rdb.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(BackupError, match=r"redis-check-rdb rejected dump.rdb: .*(EOF|Short)"):
         check_rdb(rdb, ListLog())
-    flipped = bytearray(raw)
-    flipped[len(flipped) - 20] ^= 0xFF  # inside the data, before the CRC64: checksum error
-    rdb.write_bytes(bytes(flipped))
+    rdb.write_bytes(flip_byte(raw, -20))  # inside the data, before the CRC64: checksum error
     with pytest.raises(BackupError, match="redis-check-rdb rejected"):
         check_rdb(rdb, ListLog())
 
@@ -212,7 +174,7 @@ def test_verify_in_the_demo_image(
         assert verification.details["image"] == redis_image
         assert sum(verification.details["keyspace"].values()) == backup.fingerprint["keys"]
     finally:
-        assert _scratch_left() == [], "scratch container removed"
+        assert scratch_containers(f"demo.{BACKUP_ID}") == [], "scratch container removed"
 
 
 def test_key_count_difference_names_the_key_space(dumped: tuple[SourceBackup, RunContext]) -> None:
@@ -246,9 +208,7 @@ def test_flipped_byte_and_truncated_artifact_fail(
     good = (original.staging / backup.artifacts[0].name).read_bytes()
     artifact = ctx.staging / backup.artifacts[0].name
 
-    flipped = bytearray(good)
-    flipped[len(flipped) // 2] ^= 0x10
-    artifact.write_bytes(bytes(flipped))
+    artifact.write_bytes(flip_byte(good, mask=0x10))
     verification = verify_redis(backup, ctx.staging, None, ctx)
     assert verification.status == "failed"
     assert len(verification.differences) == 1 and "sha256" in verification.differences[0]
@@ -270,13 +230,9 @@ def test_dump_the_server_refuses_fails_verification(
         ["zstd", "-d", "-c", str(original.staging / backup.artifacts[0].name)],
         capture_output=True, check=True,
     ).stdout  # fmt: skip
-
-    def writer(sink: IO[bytes]) -> None:
-        sink.write(raw[: len(raw) // 2])
-
     copy = SourceBackup.from_dict(backup.to_dict())
     copy.artifacts = [
-        ctx.pipeline.compress_to_file(ctx.staging / "cache.rdb.zst", level=1, writer=writer)
+        consistent_artifact(ctx, ctx.staging / "cache.rdb.zst", raw[: len(raw) // 2], level=1)
     ]
     verification = verify_redis(copy, ctx.staging, None, ctx, timeout=20)
     assert verification.status == "failed"
@@ -356,7 +312,7 @@ def test_restore_refuses_a_corrupt_artifact(
     backup, original = dumped
     artifact = tmp_path / "cache.rdb.zst"
     good = (original.staging / backup.artifacts[0].name).read_bytes()
-    artifact.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    artifact.write_bytes(flip_byte(good, -1, 0x01))
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "dump.rdb").write_bytes(b"current")

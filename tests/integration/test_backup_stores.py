@@ -23,13 +23,12 @@ from typing import Any
 
 import pytest
 
-from conftest import CuttingProxy, S3Server
+from conftest import CuttingProxy, ListLog, S3Server, demo_manifest, flip_byte
 from opsflow.backup.manifest import (
     MANIFEST_NAME,
     Artifact,
     BackupError,
     Manifest,
-    SourceBackup,
     Verification,
     new_backup_id,
     utcnow,
@@ -41,17 +40,6 @@ from opsflow.backup.stream import ArtifactCorrupt, file_digest
 pytestmark = pytest.mark.integration
 
 MB = 1 << 20
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: Any, *args: Any) -> None:
-        self.lines.append(str(msg) % args if args else str(msg))
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def write_random(path: Path, size: int) -> None:
@@ -74,26 +62,8 @@ def make_backup(
     for name, size in sizes.items():
         write_random(directory / name, size)
         artifacts.append(Artifact(name, *file_digest(directory / name)))
-    stamp = started.isoformat()
-    return Manifest(
-        backup_id=backup_id,
-        stack="demo",
-        trigger="scheduled",
-        run_id=f"scheduled__{stamp}",
-        started_at=stamp,
-        ended_at=stamp,
-        sources=[
-            SourceBackup(
-                name=Path(artifact.name).name.split(".")[0],
-                kind="postgres",
-                artifacts=[artifact],
-                started_at=stamp,
-                ended_at=stamp,
-                verification=Verification(status="passed") if verified else None,
-            )
-            for artifact in artifacts
-        ],
-    )
+    run_id = f"scheduled__{started.isoformat()}"
+    return demo_manifest(backup_id, started, run_id, artifacts, "passed" if verified else None)
 
 
 def mode(path: Path) -> int:
@@ -114,7 +84,7 @@ def staged(root: Path, sizes: dict[str, int], **kwargs: Any) -> tuple[Path, Mani
 
 def test_local_publish_layout_modes_and_list(tmp_path: Path) -> None:
     root = tmp_path / "backups" / "demo"
-    log = Log()
+    log = ListLog()
     staging, manifest = staged(root, {"app_db.dump.zst": 300_000, "cache.rdb.zst": 1000})
     assert staging == root / ".staging" / manifest.backup_id
     assert {mode(root), mode(root / ".staging"), mode(staging)} == {0o700}
@@ -145,23 +115,21 @@ def test_local_publish_refuses_a_corrupt_artifact_and_a_second_publish(tmp_path:
     store = LocalStore(root)
     staging, manifest = staged(root, {"app_db.dump.zst": 50_000})
     artifact = staging / "app_db.dump.zst"
-    data = bytearray(artifact.read_bytes())
-    data[1234] ^= 0xFF
-    artifact.write_bytes(bytes(data))
+    data = artifact.read_bytes()
+    artifact.write_bytes(flip_byte(data, 1234))
     with pytest.raises(
         ArtifactCorrupt, match=r"local store: refusing to publish .*app_db\.dump\.zst"
     ):
-        store.publish(staging, manifest, Log())
+        store.publish(staging, manifest, ListLog())
     assert not (root / manifest.backup_id).exists()
     assert store.list_manifests() == []
 
-    data[1234] ^= 0xFF
-    artifact.write_bytes(bytes(data))
-    store.publish(staging, manifest, Log())
+    artifact.write_bytes(data)
+    store.publish(staging, manifest, ListLog())
     again = staging_dir(root, manifest.backup_id)
-    (again / "app_db.dump.zst").write_bytes(bytes(data))
+    (again / "app_db.dump.zst").write_bytes(data)
     with pytest.raises(BackupError, match="already published"):
-        store.publish(again, manifest, Log())
+        store.publish(again, manifest, ListLog())
 
 
 def test_local_publish_replaces_a_final_dir_left_without_manifest(tmp_path: Path) -> None:
@@ -170,7 +138,7 @@ def test_local_publish_replaces_a_final_dir_left_without_manifest(tmp_path: Path
     leftover = root / manifest.backup_id
     leftover.mkdir(mode=0o700)
     (leftover / "app_db.dump.zst").write_bytes(b"half of an earlier attempt")
-    log = Log()
+    log = ListLog()
     LocalStore(root).publish(staging, manifest, log)
     assert (leftover / "app_db.dump.zst").stat().st_size == 2000
     assert "replacing" in log.text()
@@ -180,16 +148,16 @@ def test_local_list_skips_partial_and_damaged_backups(tmp_path: Path) -> None:
     root = tmp_path / "backups"
     store = LocalStore(root)
     good_staging, good = staged(root, {"app_db.dump.zst": 100}, days_ago=1)
-    store.publish(good_staging, good, Log())
+    store.publish(good_staging, good, ListLog())
     damaged_staging, damaged = staged(root, {"app_db.dump.zst": 100})
-    store.publish(damaged_staging, damaged, Log())
+    store.publish(damaged_staging, damaged, ListLog())
     (root / damaged.backup_id / MANIFEST_NAME).write_text('{"format": 1, "backup_id"')
     partial = root / new_backup_id(utcnow(), "partial")
     partial.mkdir()
     (partial / "app_db.dump.zst").write_bytes(b"x")
     (root / "lost+found").mkdir()
 
-    log = Log()
+    log = ListLog()
     assert [m.backup_id for m in store.list_manifests(log)] == [good.backup_id]
     assert f"skipping {root / damaged.backup_id / MANIFEST_NAME}: unreadable manifest" in log.text()
     assert LocalStore(tmp_path / "nothing-here").list_manifests() == []
@@ -201,9 +169,9 @@ def test_local_delete_removes_the_manifest_first(
     root = tmp_path / "backups"
     store = LocalStore(root)
     first_staging, first = staged(root, {"app_db.dump.zst": 100})
-    store.publish(first_staging, first, Log())
+    store.publish(first_staging, first, ListLog())
     second_staging, second = staged(root, {"app_db.dump.zst": 100})
-    store.publish(second_staging, second, Log())
+    store.publish(second_staging, second, ListLog())
 
     store.delete(first.backup_id)
     assert not (root / first.backup_id).exists()
@@ -228,7 +196,7 @@ def test_local_sweep_partials(tmp_path: Path) -> None:
     root = tmp_path / "backups"
     store = LocalStore(root)
     published_staging, published = staged(root, {"a.zst": 10}, days_ago=3)
-    store.publish(published_staging, published, Log())
+    store.publish(published_staging, published, ListLog())
     old = time.time() - 13 * 3600
 
     def partial(parent: Path, run: str, age: float | None) -> Path:
@@ -274,7 +242,7 @@ def test_local_disk_full_is_named(tmp_path: Path) -> None:
         with contextlib.suppress(OSError):
             write_random(mount / "filler", 2 * MB)
         with pytest.raises(BackupError, match=r"local store: writing .*manifest\.json.*disk full"):
-            LocalStore(root).publish(staging, manifest, Log())
+            LocalStore(root).publish(staging, manifest, ListLog())
         assert LocalStore(root).list_manifests() == []
     finally:
         subprocess.run(["umount", str(mount)], check=False)
@@ -318,7 +286,7 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Env]:
 def test_s3_publish_multipart_sse_list_fetch(s3: S3Env, tmp_path: Path) -> None:
     store = s3.store()
     manifest = make_backup(tmp_path / "src", {"app_db.dump.zst": 40 * MB, "cache.rdb.zst": 5000})
-    log = Log()
+    log = ListLog()
     started = time.monotonic()
     record = store.publish(tmp_path / "src", manifest, log)
     seconds = time.monotonic() - started
@@ -353,7 +321,7 @@ def test_s3_publish_multipart_sse_list_fetch(s3: S3Env, tmp_path: Path) -> None:
     assert file_digest(fetched) == (artifact.size, artifact.sha256)
 
     with pytest.raises(BackupError, match="already published"):
-        store.publish(tmp_path / "src", manifest, Log())
+        store.publish(tmp_path / "src", manifest, ListLog())
 
 
 def test_s3_check_catches_a_changed_object_and_missing_encryption(
@@ -361,24 +329,21 @@ def test_s3_check_catches_a_changed_object_and_missing_encryption(
 ) -> None:
     store = s3.store()
     manifest = make_backup(tmp_path / "src", {"app_db.dump.zst": 100_000})
-    store.publish(tmp_path / "src", manifest, Log())
+    store.publish(tmp_path / "src", manifest, ListLog())
     artifact = manifest.sources[0].artifacts[0]
     key = store.key(manifest.backup_id, artifact.name)
     client = s3.server.client()
 
     store.check_object(manifest.backup_id, artifact)
-    changed = bytearray((tmp_path / "src" / artifact.name).read_bytes())
-    changed[500] ^= 0x01
-    client.put_object(Bucket=s3.bucket, Key=key, Body=bytes(changed), ServerSideEncryption="AES256")
+    changed = flip_byte((tmp_path / "src" / artifact.name).read_bytes(), 500, 0x01)
+    client.put_object(Bucket=s3.bucket, Key=key, Body=changed, ServerSideEncryption="AES256")
     with pytest.raises(ArtifactCorrupt, match=f"s3 store: s3://{s3.bucket}/{key} has sha256"):
         store.check_object(manifest.backup_id, artifact)
     with pytest.raises(ArtifactCorrupt, match="sha256"):
         store.fetch_artifact(manifest.backup_id, artifact, tmp_path)
     assert not (tmp_path / artifact.name).exists()
 
-    client.put_object(
-        Bucket=s3.bucket, Key=key, Body=bytes(changed[:-10]), ServerSideEncryption="AES256"
-    )
+    client.put_object(Bucket=s3.bucket, Key=key, Body=changed[:-10], ServerSideEncryption="AES256")
     with pytest.raises(ArtifactCorrupt, match="99990 bytes but the manifest says 100000"):
         store.check_object(manifest.backup_id, artifact)
 
@@ -395,7 +360,7 @@ def test_s3_publish_with_a_mismatching_file_publishes_no_manifest(
     manifest = make_backup(tmp_path / "src", {"app_db.dump.zst": 20_000})
     write_random(tmp_path / "src" / "app_db.dump.zst", 20_000)  # same size, other bytes
     with pytest.raises(ArtifactCorrupt, match=r"app_db\.dump\.zst has sha256"):
-        store.publish(tmp_path / "src", manifest, Log())
+        store.publish(tmp_path / "src", manifest, ListLog())
     assert f"backups/demo/{manifest.backup_id}/{MANIFEST_NAME}" not in s3.object_keys()
     assert store.list_manifests() == []
 
@@ -405,9 +370,9 @@ def test_s3_update_delete_order_and_sweep(s3: S3Env, tmp_path: Path) -> None:
     first = make_backup(
         tmp_path / "a", {"app_db.dump.zst": 1000, "cache.rdb.zst": 10}, days_ago=2, verified=False
     )
-    store.publish(tmp_path / "a", first, Log())
+    store.publish(tmp_path / "a", first, ListLog())
     second = make_backup(tmp_path / "b", {"app_db.dump.zst": 1000}, days_ago=1)
-    store.publish(tmp_path / "b", second, Log())
+    store.publish(tmp_path / "b", second, ListLog())
     assert [m.status for m in store.list_manifests()] == ["unverified", "verified"]
 
     first.sources[0].verification = Verification(status="failed", differences=["table t: 1 row"])
@@ -445,7 +410,7 @@ def test_s3_update_delete_order_and_sweep(s3: S3Env, tmp_path: Path) -> None:
 def test_s3_endpoint_failing_mid_upload(s3: S3Env, tmp_path: Path) -> None:
     store = s3.store(via_proxy=True)
     good = make_backup(tmp_path / "good", {"app_db.dump.zst": 2 * MB}, days_ago=10)
-    store.publish(tmp_path / "good", good, Log())  # pass-through
+    store.publish(tmp_path / "good", good, ListLog())  # pass-through
     good_keys = s3.object_keys(f"backups/demo/{good.backup_id}/")
     assert len(good_keys) == 2
 
@@ -454,7 +419,7 @@ def test_s3_endpoint_failing_mid_upload(s3: S3Env, tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(BackupError) as caught:
         S3Store("opsflow_test_s3_proxy", s3.bucket, "backups", "demo").publish(
-            tmp_path / "bad", bad, Log()
+            tmp_path / "bad", bad, ListLog()
         )
     elapsed = time.monotonic() - started
     message = str(caught.value)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import stat
-import subprocess
-import tarfile
 from pathlib import Path
-from typing import IO
 
 import pytest
 
+from conftest import consistent_artifact, flip_byte, retar
 from opsflow.backup.context import RunContext
 from opsflow.backup.files import dump_files, restore_files, verify_files
 from opsflow.backup.manifest import BackupError, SourceBackup
@@ -191,41 +188,18 @@ def test_restore_refuses_unknown_names_and_a_corrupt_artifact(
     with pytest.raises(BackupError, match="has no file compose/nope"):
         restore_files(backup, artifact, {"compose/nope": target}, ctx)
 
-    data = bytearray(artifact.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    artifact.write_bytes(bytes(data))
+    artifact.write_bytes(flip_byte(artifact.read_bytes()))
     with pytest.raises(ArtifactCorrupt, match="sha256"):
         restore_files(backup, artifact, {"compose/.env": target}, ctx)
     assert not target.exists(), "nothing written from a corrupt artifact"
 
 
-def _retar(artifact: Path, change: str, payload: bytes) -> bytes:
-    """The artifact's tar with one member's content replaced."""
-    raw = subprocess.run(["zstd", "-d", "-c", str(artifact)], capture_output=True, check=True)
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(raw.stdout), mode="r:") as src,
-        tarfile.open(fileobj=out, mode="w:", format=tarfile.PAX_FORMAT) as dst,
-    ):
-        for member in src:
-            if member.name == change:
-                member.size = len(payload)
-                dst.addfile(member, io.BytesIO(payload))
-            else:
-                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-    return out.getvalue()
-
-
 def test_tampered_content_names_the_file(tree: dict[str, Path], ctx: RunContext) -> None:
     backup = dump_files(paths_of(tree), ctx)
     artifact = ctx.staging / backup.artifacts[0].name
-    tampered = _retar(artifact, "config/conf.d/a.conf", b"a = 2\n")
-
-    def writer(sink: IO[bytes]) -> None:
-        sink.write(tampered)
-
+    tampered = retar(artifact, "config/conf.d/a.conf", b"a = 2\n")
     # A consistent artifact (its own sha256 matches) whose content is not what was dumped.
-    backup.artifacts = [ctx.pipeline.compress_to_file(artifact, level=1, writer=writer)]
+    backup.artifacts = [consistent_artifact(ctx, artifact, tampered, level=1)]
     verification = verify_files(backup, ctx.staging, ctx)
     assert not verification.passed
     assert verification.differences == ["file checksum differs: config/conf.d/a.conf"]
@@ -238,9 +212,7 @@ def test_flipped_byte_and_truncation_fail_verification(
     artifact = ctx.staging / backup.artifacts[0].name
     good = artifact.read_bytes()
 
-    flipped = bytearray(good)
-    flipped[len(flipped) // 3] ^= 0x01
-    artifact.write_bytes(bytes(flipped))
+    artifact.write_bytes(flip_byte(good, len(good) // 3, 0x01))
     verification = verify_files(backup, ctx.staging, ctx)
     assert verification.status == "failed"
     assert any(

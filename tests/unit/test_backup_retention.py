@@ -6,42 +6,24 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from opsflow.backup.manifest import (
-    Artifact,
-    Manifest,
-    SourceBackup,
-    Verification,
-    new_backup_id,
-)
+from conftest import demo_manifest
+from opsflow.backup.manifest import Artifact, Manifest, VerificationStatus, new_backup_id
 from opsflow.backup.retention import RetentionPlan, check_freshness, plan_retention
 
 NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
-STATUS_TO_VERIFICATION = {"verified": "passed", "failed": "failed", "unverified": None}
+STATUS_TO_VERIFICATION: dict[str, VerificationStatus | None] = {
+    "verified": "passed",
+    "failed": "failed",
+    "unverified": None,
+}
 
 
 def backup(days_ago: float, status: str, sources: tuple[str, ...] = ("app_db",)) -> Manifest:
     started = NOW - timedelta(days=days_ago)
     backup_id = new_backup_id(started, f"run-{days_ago}-{status}")
-    verification = STATUS_TO_VERIFICATION[status]
-    stamp = started.isoformat()
-    manifest = Manifest(
-        backup_id=backup_id,
-        stack="demo",
-        trigger="scheduled",
-        run_id=f"run-{days_ago}",
-        started_at=stamp,
-        ended_at=stamp,
-        sources=[
-            SourceBackup(
-                name=name,
-                kind="postgres",
-                artifacts=[Artifact(f"{name}.dump.zst", 10, "0" * 64)],
-                started_at=stamp,
-                ended_at=stamp,
-                verification=Verification(status=verification) if verification else None,
-            )
-            for name in sources
-        ],
+    artifacts = [Artifact(f"{name}.dump.zst", 10, "0" * 64) for name in sources]
+    manifest = demo_manifest(
+        backup_id, started, f"run-{days_ago}", artifacts, STATUS_TO_VERIFICATION[status]
     )
     assert manifest.status == status
     return manifest

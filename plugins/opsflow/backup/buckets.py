@@ -21,12 +21,11 @@ from opsflow.backup.files import (
     HashingReader,
     TarContents,
     compare_digests,
-    now_iso,
     open_tar_stream,
     single_artifact,
     verify_tar_artifact,
 )
-from opsflow.backup.manifest import BackupError, SourceBackup, Verification
+from opsflow.backup.manifest import BackupError, SourceBackup, Verification, now_iso
 from opsflow.backup.stream import check_artifact
 from opsflow.stack.model import BucketSource
 

@@ -27,17 +27,13 @@ from opsflow.backup.manifest import (
     BackupError,
     SourceBackup,
     Verification,
-    VerificationStatus,
-    utcnow,
+    conclude,
+    now_iso,
 )
 from opsflow.backup.stream import CHUNK, ArtifactCorrupt, check_artifact
 
 # A verification names every difference, but a million of them would not fit a manifest.
 MAX_LISTED = 50
-
-
-def now_iso() -> str:
-    return utcnow().isoformat(timespec="seconds")
 
 
 class HashingReader:
@@ -159,17 +155,7 @@ def verify_tar_artifact(
         details = check(contents, differences)
     except ArtifactCorrupt as err:
         differences.append(str(err))
-    status: VerificationStatus = "failed" if differences else "passed"
-    ctx.log.info("%s: verification %s (%d differences)", backup.name, status, len(differences))
-    for line in differences:
-        ctx.log.info("  %s", line)
-    return Verification(
-        status=status,
-        checked_at=now_iso(),
-        seconds=round(time.monotonic() - started, 3),
-        differences=differences,
-        details=details,
-    )
+    return conclude(backup.name, differences, details, started, ctx.log)
 
 
 def require_artifact(path: Path, artifact: Artifact) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from opsflow.runtimes.process import LineLogger
 
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -30,6 +33,10 @@ class BackupError(RuntimeError):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def now_iso() -> str:
+    return utcnow().isoformat(timespec="seconds")
 
 
 def new_backup_id(started: datetime, run_id: str) -> str:
@@ -155,3 +162,26 @@ class Manifest:
             return cls.from_dict(json.loads(text))
         except (ValueError, TypeError, KeyError) as err:
             raise BackupError(f"unreadable manifest: {err}") from None
+
+
+def conclude(
+    name: str, differences: list[str], details: dict[str, Any], started: float, log: LineLogger
+) -> Verification:
+    """The verdict of one verification, logged with every difference it found.
+
+    ``started`` is the ``time.monotonic()`` reading taken when the verification began.
+    """
+    status: VerificationStatus = "failed" if differences else "passed"
+    seconds = round(time.monotonic() - started, 2)
+    log.info(
+        "%s: verification %s in %.1fs (%d differences)", name, status, seconds, len(differences)
+    )
+    for line in differences:
+        log.info("  %s", line)
+    return Verification(
+        status=status,
+        checked_at=now_iso(),
+        seconds=seconds,
+        differences=differences,
+        details=details,
+    )

@@ -34,8 +34,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opsflow.backup.context import Endpoint, RunContext
-from opsflow.backup.files import now_iso, single_artifact
-from opsflow.backup.manifest import BackupError, SourceBackup, Verification, VerificationStatus
+from opsflow.backup.files import single_artifact
+from opsflow.backup.manifest import (
+    BackupError,
+    SourceBackup,
+    Verification,
+    conclude,
+    now_iso,
+)
 from opsflow.backup.stream import check_artifact
 from opsflow.runtimes.process import LineLogger
 
@@ -672,18 +678,8 @@ def verify_postgres(
     tables, rows = _summary(actual["tables"])
     details.update(tables=tables, rows=rows, sequences=len(actual["sequences"]))
     differences = compare_fingerprints(backup.fingerprint, actual)
-    seconds = round(time.monotonic() - clock, 2)
-    status: VerificationStatus = "failed" if differences else "passed"
-    ctx.log.info(
-        "%s: verification %s: %d tables, %d rows restored in %.1fs (%d differences)",
-        backup.name, status, tables, rows, seconds, len(differences),
-    )  # fmt: skip
-    for line in differences:
-        ctx.log.info("  %s", line)
-    return Verification(
-        status=status, checked_at=now_iso(), seconds=seconds,
-        differences=differences, details=details,
-    )  # fmt: skip
+    ctx.log.info("%s: %d tables, %d rows restored", backup.name, tables, rows)
+    return conclude(backup.name, differences, details, clock, ctx.log)
 
 
 # ---------------------------------------------------------------------------------- restore

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from opsflow.backup.context import Endpoint, RunContext
-from opsflow.backup.files import now_iso, require_artifact, single_artifact
+from opsflow.backup.files import require_artifact, single_artifact
 from opsflow.backup.manifest import (
     Artifact,
     BackupError,
     SourceBackup,
     Verification,
-    VerificationStatus,
+    conclude,
+    now_iso,
 )
 from opsflow.backup.stream import CHUNK, ArtifactCorrupt, check_artifact
 from opsflow.runtimes.process import CommandFailed, LineLogger, ProcessRunner
@@ -401,17 +402,7 @@ def verify_redis(
                 differences.extend(compare_keyspace(backup.fingerprint, keyspace))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    status: VerificationStatus = "failed" if differences else "passed"
-    ctx.log.info("redis %s: verification %s", backup.name, status)
-    for line in differences:
-        ctx.log.info("  %s", line)
-    return Verification(
-        status=status,
-        checked_at=now_iso(),
-        seconds=round(time.monotonic() - started, 3),
-        differences=differences,
-        details=details,
-    )
+    return conclude(backup.name, differences, details, started, ctx.log)
 
 
 # ---------------------------------------------------------------------------------- restore

@@ -59,6 +59,8 @@ def plan_retention(
 
 
 def _duration(value: timedelta) -> str:
+    if value.total_seconds() < 60:
+        return f"{int(value.total_seconds())}s"
     minutes = int(value.total_seconds() // 60)
     if minutes < 60:
         return f"{minutes}m"

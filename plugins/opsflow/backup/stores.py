@@ -31,6 +31,7 @@ from opsflow.backup.manifest import (
     utcnow,
 )
 from opsflow.backup.stream import ArtifactCorrupt, check_artifact, write_atomic
+from opsflow.paths import make_private_dirs
 from opsflow.runtimes.process import LineLogger
 
 STAGING = ".staging"
@@ -75,24 +76,11 @@ def _os_error(store: str, action: str, path: object, err: OSError) -> BackupErro
     return BackupError(f"{store} store: {action} {path}: {why}")
 
 
-def _mkdir_private(path: Path) -> None:
-    """Create ``path`` and missing parents as 0700 (mkdir's mode is subject to the umask)."""
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir()
-        directory.chmod(DIR_MODE)
-
-
 def staging_dir(root: Path, backup_id: str) -> Path:
     """``<root>/.staging/<backup_id>``: same filesystem as the published copies."""
     path = root / STAGING / check_backup_id(backup_id)
     try:
-        _mkdir_private(path)
+        make_private_dirs(path)
         (root / STAGING).chmod(DIR_MODE)
         path.chmod(DIR_MODE)
     except OSError as err:
@@ -161,7 +149,7 @@ class LocalStore:
                     log.info("local store: %s is not in the manifest (kept as is)", entry.name)
                 entry.chmod(DIR_MODE if entry.is_dir() else FILE_MODE)
             staging.chmod(DIR_MODE)
-            _mkdir_private(self.root)
+            make_private_dirs(self.root)
             if final.exists():
                 log.info("local store: replacing %s left by an earlier attempt", final)
                 shutil.rmtree(final)

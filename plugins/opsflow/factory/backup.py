@@ -56,17 +56,22 @@ Stack file: `include/stacks/{stack}.yaml`.
 """
 
 
+def sources_param(names: list[str], description: str) -> Param:
+    """A multi-select of source names, all selected by default."""
+    return Param(
+        names,
+        type="array",
+        items={"type": "string", "enum": names},
+        minItems=1,
+        uniqueItems=True,
+        title="Sources",
+        description=description,
+    )
+
+
 def backup_params(stack: Stack, names: list[str]) -> dict[str, Param]:
     return {
-        "sources": Param(
-            names,
-            type="array",
-            items={"type": "string", "enum": names},
-            minItems=1,
-            uniqueItems=True,
-            title="Sources",
-            description="Which sources to back up (default: all).",
-        ),
+        "sources": sources_param(names, "Which sources to back up (default: all)."),
         "verify": Param(
             stack.backup.verify,
             type="boolean",
@@ -125,7 +130,8 @@ def build_backup_dag(stack: Stack) -> DAG:
             task_id="plan", sources="{{ params.sources }}", verify="{{ params.verify }}", **common
         )
         source_tasks: dict[str, tuple[str, str]] = {}
-        verifies = []
+        # Publish waits for dumps and verifications (a verification may be switched off).
+        sources_done = []
         for name in names:
             with TaskGroup(group_id=name, tooltip=f"back up and verify {name}"):
                 dump = SourceDumpOperator(task_id="dump", source=name, retries=1, **common)
@@ -134,7 +140,7 @@ def build_backup_dag(stack: Stack) -> DAG:
                 )
                 plan >> dump >> verify
             source_tasks[name] = (dump.task_id, verify.task_id)
-            verifies.append(verify)
+            sources_done += [dump, verify]
         publish = PublishBackupOperator(task_id="publish", sources=source_tasks, **common)
         retention = BackupRetentionOperator(task_id="retention", retries=1, **common)
         freshness = BackupFreshnessOperator(task_id="freshness", **common)
@@ -150,5 +156,5 @@ def build_backup_dag(stack: Stack) -> DAG:
         summary = RunSummaryOperator(
             task_id="summary", workflow="backup", step_task_ids=steps, **common
         )
-        verifies >> publish >> retention >> freshness >> cleanup >> summary
+        sources_done >> publish >> retention >> freshness >> cleanup >> summary
     return dag

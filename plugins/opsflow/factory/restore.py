@@ -7,6 +7,7 @@ from typing import Any
 from airflow.sdk import DAG, Param
 
 from opsflow.backup.manifest import BACKUP_ID_PATTERN
+from opsflow.factory.backup import sources_param
 from opsflow.factory.common import dag_defaults, gate_sensor, render_doc
 from opsflow.operators.restore import (
     PreRestoreBackupOperator,
@@ -55,15 +56,7 @@ def restore_params(stack: Stack, names: list[str]) -> dict[str, Param]:
             title="Backup id",
             description="A backup id from the backup runs' summaries, or 'latest'.",
         ),
-        "sources": Param(
-            names,
-            type="array",
-            items={"type": "string", "enum": names},
-            minItems=1,
-            uniqueItems=True,
-            title="Sources",
-            description="Which of the backup's sources to restore.",
-        ),
+        "sources": sources_param(names, "Which of the backup's sources to restore."),
         "target_database": Param(
             None,
             type=["null", "string"],

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from opsflow.paths import make_private_dirs
 from opsflow.stack.model import STACK_NAME_PATTERN, VERSION_PATTERN
 
 log = logging.getLogger(__name__)
@@ -87,21 +88,6 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _make_private_dirs(directory: Path) -> None:
-    """Create missing directories with mode 0700 (only what this code creates is changed)."""
-    missing: list[Path] = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        path.chmod(0o700)  # mkdir's mode is filtered by the umask
-
-
 def record_release(
     stack: str,
     version: str,
@@ -127,7 +113,7 @@ def record_release(
         images=dict(images),
     )
     line = json.dumps(release.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
-    _make_private_dirs(path.parent)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)
