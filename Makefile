@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-stop test lint unit bench-parse bench-logs clean
+.PHONY: setup demo demo-stop test lint unit bench-parse bench-logs bench-backup clean
 
 setup:
 	scripts/setup.sh
@@ -32,6 +32,11 @@ bench-parse: setup
 
 bench-logs: setup
 	$(PYTHON) scripts/bench_logs.py
+
+# BENCH_BACKUP_ARGS=--quick for a one-minute smoke run (see scripts/bench_backup.py --help).
+BENCH_BACKUP_ARGS ?=
+bench-backup: setup
+	$(PYTHON) scripts/bench_backup.py $(BENCH_BACKUP_ARGS)
 
 clean:
 	rm -rf airflow-home .pytest_cache .mypy_cache .ruff_cache
