@@ -187,6 +187,25 @@ def test_round_trip_verifies_and_fingerprint_matches_the_source(
     assert postgres_server.password not in log
 
 
+def test_tables_without_a_row_hash_fall_back_to_their_text(
+    postgres_server: PostgresServer, source_db: str, ctx: RunContext, pg_image: str
+) -> None:
+    with _connect(postgres_server, source_db) as conn:
+        conn.execute("CREATE TABLE shapes (id int, doc json, at point)")
+        conn.execute(
+            "INSERT INTO shapes SELECT g, json_build_object('g', g), point(g, -g) "
+            "FROM generate_series(1, 50) g"
+        )
+    backup = dump_postgres(_source(source_db), _endpoint(postgres_server), ctx)
+
+    tables = backup.fingerprint["tables"]
+    assert tables["public.shapes"]["checksum"].startswith("text:")  # json, point: no hash
+    assert tables["public.items"]["checksum"].startswith("record:")
+    assert _compared(backup) == _source_fingerprint(postgres_server, source_db)
+    verification = verify_postgres(backup, ctx.staging, pg_image, ctx)
+    assert verification.status == "passed", verification.differences
+
+
 def test_rows_written_after_the_snapshot_are_neither_fingerprinted_nor_dumped(
     postgres_server: PostgresServer, source_db: str, ctx: RunContext, pg_image: str
 ) -> None:

@@ -272,17 +272,33 @@ def _tables(conn: Connection[Any]) -> list[tuple[str, str, str]]:
 
 
 def _table_checksum(conn: Connection[Any], schema: str, table: str) -> dict[str, Any]:
-    """One pass: count and the sum of per-row hashes (order-independent, duplicate-safe)."""
+    """One pass: count and the sum of per-row hashes (order-independent, duplicate-safe).
+
+    ``hash_record_extended`` hashes each column with its type's own hash function, about
+    twice as fast as hashing the row's text. A table with a column type that has no such
+    function (json, xml, geometric types...) falls back to the row's text; the choice
+    depends only on the column types, so the restored copy makes the same one.
+    """
+    import psycopg
     from psycopg import sql
 
+    relation = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
     # (t.*) is the whole row even when a column is called t.
-    query = sql.SQL(
-        "SELECT count(*), coalesce(sum(hashtextextended((t.*)::text, 0)), 0)::text "
-        "FROM ONLY {}.{} AS t"
-    ).format(sql.Identifier(schema), sql.Identifier(table))
-    row = conn.execute(query).fetchone()
-    assert row is not None
-    return {"rows": int(row[0]), "checksum": str(row[1])}
+    for method, expression in (
+        ("record", sql.SQL("hash_record_extended((t.*), 0)")),
+        ("text", sql.SQL("hashtextextended((t.*)::text, 0)")),
+    ):
+        query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM ONLY {} AS t").format(
+            expression, relation
+        )
+        try:
+            with conn.transaction():  # a savepoint: a refused method leaves no aborted state
+                row = conn.execute(query).fetchone()
+        except psycopg.errors.UndefinedFunction:
+            continue
+        assert row is not None
+        return {"rows": int(row[0]), "checksum": f"{method}:{row[1]}"}
+    raise BackupError(f"table {schema}.{table}: no way to checksum its rows")
 
 
 def _sequences(conn: Connection[Any]) -> dict[str, dict[str, Any]]:
