@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PRIVATE_DIR_MODE = 0o700
@@ -23,3 +24,12 @@ def make_private_dirs(directory: Path) -> None:
         except FileExistsError:
             continue
         path.chmod(PRIVATE_DIR_MODE)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (the file's own fsync is not enough)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -23,7 +23,14 @@ from typing import Any
 
 import pytest
 
-from conftest import CuttingProxy, ListLog, S3Server, demo_manifest, flip_byte
+from conftest import (
+    CuttingProxy,
+    ListLog,
+    S3Server,
+    demo_manifest,
+    flip_byte,
+    service_unavailable,
+)
 from opsflow.backup.manifest import (
     MANIFEST_NAME,
     Artifact,
@@ -235,7 +242,7 @@ def test_local_disk_full_is_named(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+        service_unavailable(f"a small tmpfs (mount failed: {result.stderr.strip()})")
     try:
         root = mount / "backups"
         staging, manifest = staged(root, {"app_db.dump.zst": 600_000})

@@ -31,6 +31,7 @@ from opsflow.backup.manifest import (
     now_iso,
 )
 from opsflow.backup.stream import CHUNK, ArtifactCorrupt, check_artifact
+from opsflow.paths import fsync_dir
 
 # A verification names every difference, but a million of them would not fit a manifest.
 MAX_LISTED = 50
@@ -303,11 +304,7 @@ def _replace_atomic(tmp: Path, target: Path, mode: int | None) -> None:
     if mode is not None:
         tmp.chmod(mode)
     tmp.replace(target)
-    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)
 
 
 def _write_member(handle: IO[bytes], target: Path, mode: int) -> tuple[int, str]:

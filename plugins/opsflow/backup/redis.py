@@ -40,6 +40,7 @@ from opsflow.backup.manifest import (
     now_iso,
 )
 from opsflow.backup.stream import CHUNK, ArtifactCorrupt, check_artifact
+from opsflow.paths import fsync_dir
 from opsflow.runtimes.process import CommandFailed, LineLogger, ProcessRunner
 from opsflow.stack.model import RedisSource
 
@@ -434,11 +435,7 @@ def restore_redis(
             os.chown(tmp, uid, gid)
         tmp.chmod(mode)
         tmp.replace(target)
-        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(data_dir)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

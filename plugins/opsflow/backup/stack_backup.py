@@ -226,7 +226,7 @@ class StackBackups:
         problems: list[str] = []
         artifacts_at = staging
         for store in stores:
-            if any(m.backup_id == manifest.backup_id for m in store.list_manifests(log)):
+            if store.is_published(manifest.backup_id):
                 # A retried publish: this destination has it already, manifest and all.
                 manifest.destinations.setdefault(store.label, {"status": "published"})
             else:

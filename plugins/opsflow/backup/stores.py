@@ -12,7 +12,6 @@ import contextlib
 import errno
 import hashlib
 import logging
-import os
 import shutil
 import threading
 import time
@@ -31,7 +30,7 @@ from opsflow.backup.manifest import (
     utcnow,
 )
 from opsflow.backup.stream import ArtifactCorrupt, check_artifact, write_atomic
-from opsflow.paths import make_private_dirs
+from opsflow.paths import fsync_dir, make_private_dirs
 from opsflow.runtimes.process import LineLogger
 
 STAGING = ".staging"
@@ -97,14 +96,6 @@ def _newest_mtime(path: Path) -> float:
     return newest
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LocalStore:
     """``<root>/<backup_id>/`` with the artifacts and ``manifest.json`` (files 0600, dirs 0700)."""
 
@@ -126,10 +117,13 @@ class LocalStore:
 
     # ------------------------------------------------------------------ publish
 
+    def is_published(self, backup_id: str) -> bool:
+        return (self.backup_dir(backup_id) / MANIFEST_NAME).exists()
+
     def publish(self, staging: Path, manifest: Manifest, log: LineLogger) -> dict[str, Any]:
         """Check the staged artifacts, move them into place, then write the manifest."""
         final = self.backup_dir(manifest.backup_id)
-        if (final / MANIFEST_NAME).exists():
+        if self.is_published(manifest.backup_id):
             raise BackupError(
                 f"local store: backup {manifest.backup_id} is already published at {final}; "
                 "refusing to overwrite it"
@@ -154,7 +148,7 @@ class LocalStore:
                 log.info("local store: replacing %s left by an earlier attempt", final)
                 shutil.rmtree(final)
             staging.rename(final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except OSError as err:
             raise _os_error("local", "publishing", final, err) from err
         record: dict[str, Any] = {"path": str(final), "status": "published"}
@@ -215,7 +209,7 @@ class LocalStore:
         try:
             (final / MANIFEST_NAME).unlink(missing_ok=True)
             if final.exists():
-                _fsync_dir(final)
+                fsync_dir(final)
                 shutil.rmtree(final)
         except OSError as err:
             raise _os_error("local", "deleting", final, err) from err
@@ -370,19 +364,22 @@ class S3Store:
 
     # ------------------------------------------------------------------ publish
 
+    def is_published(self, backup_id: str) -> bool:
+        manifest_key = self.key(backup_id, MANIFEST_NAME)
+        try:
+            return self._exists(manifest_key)
+        except Exception as err:
+            raise BackupError(
+                f"s3 store: checking {self.url(manifest_key)} failed: {_cause(err)}"
+            ) from err
+
     def publish(self, staging: Path, manifest: Manifest, log: LineLogger) -> dict[str, Any]:
         """Upload the artifacts, check each against the manifest, then put the manifest."""
         started = time.monotonic()
         backup_id = manifest.backup_id
         manifest_key = self.key(backup_id, MANIFEST_NAME)
         artifacts = _artifacts(manifest)
-        try:
-            published = self._exists(manifest_key)
-        except Exception as err:
-            raise BackupError(
-                f"s3 store: checking {self.url(manifest_key)} failed: {_cause(err)}"
-            ) from err
-        if published:
+        if self.is_published(backup_id):
             raise BackupError(
                 f"s3 store: backup {backup_id} is already published at "
                 f"{self.url(manifest_key)}; refusing to overwrite it"

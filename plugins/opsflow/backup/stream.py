@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from opsflow.backup.manifest import Artifact, BackupError
+from opsflow.paths import fsync_dir
 from opsflow.runtimes.process import LineLogger
 
 CHUNK = 1 << 20
@@ -159,7 +160,7 @@ class Pipeline:
                         + _describe_exit(label, process.returncode, tails.get(label, deque()))
                     )
             tmp.replace(dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except BaseException:
             self.terminate()
             tmp.unlink(missing_ok=True)
@@ -317,14 +318,6 @@ def _write_all(fd: int, data: memoryview, path: Path) -> None:
         data = data[written:]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _compare(expected: Artifact, size: int, sha256: str) -> None:
     if size != expected.size:
         raise ArtifactCorrupt(
@@ -364,4 +357,4 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     finally:
         os.close(fd)
     tmp.replace(path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)

@@ -23,18 +23,10 @@ from opsflow.backup.manifest import (
     utcnow,
 )
 from opsflow.backup.stack_backup import StackBackups
-from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line
+from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line, human_bytes
 from opsflow.stack.loader import load_stack
 
 PLAN_TASK = "plan"
-
-
-def human_size(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} GB"
 
 
 class BackupStepOperator(BaseOperator):
@@ -131,60 +123,65 @@ class BackupPlanOperator(BackupStepOperator):
         }
 
 
-class SourceDumpOperator(BackupStepOperator):
-    """Dump one source into the staging directory (compressed, hashed, fingerprinted)."""
+class SourceStepOperator(BackupStepOperator):
+    """A step of one source: skipped when the run did not select it; killable mid-stream."""
 
     def __init__(self, *, source: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source = source
         self._context: Any = None
 
-    def run(self, record: StepRecord, context: Context) -> dict[str, Any]:
+    def selected_plan(self, context: Context) -> dict[str, Any]:
         plan = self.plan(context)
         if self.source not in plan["sources"]:
             raise AirflowSkipException(f"{self.source} not selected for this run")
-        backups = self.backups
-        if record.dry_run:
-            record.lines = [f"would dump {self.source} into {plan['staging']}"]
-            return {}
-        self._context = backups.context(plan["backup_id"], self.log, Path(plan["staging"]))
-        dumped = backups.dump(self.source, self._context)
-        size = sum(artifact.size for artifact in dumped.artifacts)
-        record.detail = f"{human_size(size)} compressed"
-        record.lines = [
-            f"{artifact.name}: {human_size(artifact.size)} sha256 {artifact.sha256}"
-            for artifact in dumped.artifacts
-        ] + [f"tool {dumped.tool_version}; server {dumped.server_version}".strip()]
-        return dumped.to_dict()
+        return plan
+
+    def run_context(self, plan: dict[str, Any]) -> Any:
+        self._context = self.backups.context(plan["backup_id"], self.log, Path(plan["staging"]))
+        return self._context
 
     def on_kill(self) -> None:
         if self._context is not None:
             self._context.pipeline.terminate()
 
 
-class SourceVerifyOperator(BackupStepOperator):
-    """Restore one source's fresh dump into a scratch server and compare fingerprints."""
-
-    def __init__(self, *, source: str, dump_task_id: str, **kwargs: Any) -> None:
-        kwargs.setdefault("trigger_rule", "none_failed")
-        super().__init__(**kwargs)
-        self.source = source
-        self.dump_task_id = dump_task_id
-        self._context: Any = None
+class SourceDumpOperator(SourceStepOperator):
+    """Dump one source into the staging directory (compressed, hashed, fingerprinted)."""
 
     def run(self, record: StepRecord, context: Context) -> dict[str, Any]:
-        plan = self.plan(context)
-        if self.source not in plan["sources"]:
-            raise AirflowSkipException(f"{self.source} not selected for this run")
+        plan = self.selected_plan(context)
+        if record.dry_run:
+            record.lines = [f"would dump {self.source} into {plan['staging']}"]
+            return {}
+        dumped = self.backups.dump(self.source, self.run_context(plan))
+        size = sum(artifact.size for artifact in dumped.artifacts)
+        record.detail = f"{human_bytes(size)} compressed"
+        record.lines = [
+            f"{artifact.name}: {human_bytes(artifact.size)} sha256 {artifact.sha256}"
+            for artifact in dumped.artifacts
+        ] + [f"tool {dumped.tool_version}; server {dumped.server_version}".strip()]
+        return dumped.to_dict()
+
+
+class SourceVerifyOperator(SourceStepOperator):
+    """Restore one source's fresh dump into a scratch server and compare fingerprints."""
+
+    def __init__(self, *, dump_task_id: str, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed")
+        super().__init__(**kwargs)
+        self.dump_task_id = dump_task_id
+
+    def run(self, record: StepRecord, context: Context) -> dict[str, Any]:
+        plan = self.selected_plan(context)
         if record.dry_run:
             record.lines = [f"would restore {self.source} into a scratch server and compare"]
             return {}
         if not plan["verify"]:
             raise AirflowSkipException("verification switched off for this run")
         dumped = SourceBackup.from_dict(context["ti"].xcom_pull(task_ids=self.dump_task_id))
-        backups = self.backups
-        self._context = backups.context(plan["backup_id"], self.log, Path(plan["staging"]))
-        verification = backups.verify(dumped, Path(plan["staging"]), self._context)
+        ctx = self.run_context(plan)
+        verification = self.backups.verify(dumped, ctx.staging, ctx)
         record.lines = describe_verification(self.source, verification)
         if not verification.passed:
             context["ti"].xcom_push(key="return_value", value=verification.__dict__)
@@ -193,10 +190,6 @@ class SourceVerifyOperator(BackupStepOperator):
             )
         record.detail = f"restored and matched in {verification.seconds:.1f}s"
         return dict(verification.__dict__)
-
-    def on_kill(self) -> None:
-        if self._context is not None:
-            self._context.pipeline.terminate()
 
 
 def describe_verification(source: str, verification: Verification) -> list[str]:
@@ -243,7 +236,7 @@ class PublishBackupOperator(BackupStepOperator):
         )
         problems = self.backups.publish(manifest, Path(plan["staging"]), self.log)
         size = sum(a.size for source in sources for a in source.artifacts)
-        record.detail = f"{manifest.backup_id} {manifest.status}, {human_size(size)}"
+        record.detail = f"{manifest.backup_id} {manifest.status}, {human_bytes(size)}"
         record.lines = [f"backup {manifest.backup_id}: {manifest.status}"] + [
             f"{label}: {info.get('status')} {info.get('path') or info.get('bucket') or ''}".rstrip()
             for label, info in manifest.destinations.items()

@@ -14,17 +14,9 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
-from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line
+from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line, human_bytes
 from opsflow.stack.loader import load_stack
 from opsflow.stack.model import LogRoot, Stack
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GiB"
 
 
 class MaintenanceStepOperator(BaseOperator):

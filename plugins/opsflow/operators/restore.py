@@ -17,8 +17,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from opsflow.backup.manifest import BackupError, Manifest, check_backup_id, new_backup_id, utcnow
 from opsflow.backup.stream import check_artifact
-from opsflow.operators.backup import BackupStepOperator, human_size
-from opsflow.operators.steps import StepRecord
+from opsflow.operators.backup import BackupStepOperator
+from opsflow.operators.steps import StepRecord, human_bytes
 from opsflow.releases.history import current_and_previous
 from opsflow.stack.model import BucketSource, PostgresSource, RedisSource
 
@@ -166,7 +166,7 @@ class RestoreSourcesOperator(BackupStepOperator):
         finally:
             shutil.rmtree(plan["staging"], ignore_errors=True)
         size = sum(a.size for n in plan["sources"] for a in manifest.source(n).artifacts)
-        record.detail = f"{len(reports)} sources from {manifest.backup_id} ({human_size(size)})"
+        record.detail = f"{len(reports)} sources from {manifest.backup_id} ({human_bytes(size)})"
         return reports
 
     def _restore(
