@@ -28,7 +28,7 @@ from opsflow.logs.containers import (
     plan_image_pruning,
     prune_images,
 )
-from opsflow.releases.history import record_release
+from opsflow.releases.ledger import Ledger, LedgerEntry
 from opsflow.stack.loader import parse_stack
 from opsflow.stack.model import Stack
 
@@ -146,8 +146,24 @@ def logtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogTest]:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("OPSFLOW_STATE_DIR", str(state))
             # 1.0.0, then 1.3.0, then a rollback to 1.2.0: current 1.2.0, previous 1.3.0.
+            ledger = Ledger("logtest")
             for number, version in enumerate(["1.0.0", "1.3.0", "1.2.0"]):
-                record_release("logtest", version, {"app": f"{REPO}:{version}"}, f"run-{number}")
+                action = "rollback" if number == 2 else "deploy"
+                ledger.write(
+                    LedgerEntry(
+                        entry_id=f"entry-{number}",
+                        stack="logtest",
+                        action=action,
+                        version=version,
+                        run_id=f"run-{number}",
+                        dag_id=f"logtest__{action}",
+                        triggered_by="test",
+                        started_at=f"2026-01-0{number + 1}T10:00:00+00:00",
+                        ended_at=f"2026-01-0{number + 1}T10:05:00+00:00",
+                        outcome="succeeded",
+                        images={"app": {"image": f"{REPO}:{version}", "id": None}},
+                    )
+                )
             stack = parse_stack(
                 {
                     "name": "logtest",

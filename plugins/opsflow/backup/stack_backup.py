@@ -22,7 +22,7 @@ from opsflow.backup.manifest import (
     Verification,
     utcnow,
 )
-from opsflow.releases.history import current_and_previous, state_dir
+from opsflow.releases.ledger import current_and_previous, state_dir
 from opsflow.runtimes.process import LineLogger
 from opsflow.stack.model import (
     CONFIG_SOURCE,
@@ -350,6 +350,34 @@ class StackBackups:
             shutil.rmtree(ctx.staging, ignore_errors=True)
 
     # ------------------------------------------------------------------ restore support
+
+    def restore(
+        self,
+        saved: SourceBackup,
+        artifact: Path,
+        ctx: RunContext,
+        target_database: str | None = None,
+    ) -> Any:
+        """Put one checked artifact back into the live source (or a PostgreSQL copy)."""
+        source = self.source(saved.name)
+        if isinstance(source, PostgresSource):
+            from opsflow.backup.postgres import restore_postgres
+
+            endpoint = self.resolve(source.conn_id)
+            database = target_database or source.database
+            return restore_postgres(
+                saved, artifact, endpoint, database, ctx, client_bin_dir=source.client_bin_dir
+            )
+        if isinstance(source, RedisSource):
+            from opsflow.backup.redis import restore_redis
+
+            return restore_redis(saved, artifact, self.redis_data_dir(source), ctx)
+        if isinstance(source, BucketSource):
+            from opsflow.backup.buckets import restore_bucket
+
+            client = self.bucket_client(source.conn_id)
+            return restore_bucket(saved, artifact, client, source.bucket, ctx)
+        raise BackupError(f"{saved.name}: not a restorable source")
 
     def writers(self, names: list[str]) -> list[str]:
         """Services to stop while ``names`` are restored: the stack's writers, and the

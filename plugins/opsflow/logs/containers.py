@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from opsflow.logs.files import parse_size
-from opsflow.releases.history import newest_distinct, releases
+from opsflow.releases.ledger import Ledger, newest_distinct
 from opsflow.runtimes.engine import docker_url
 from opsflow.stack.model import ComposeRuntime, ContainerLogLimits, Stack
 
@@ -356,7 +356,7 @@ def plan_image_pruning(
                 used.setdefault(str(key), []).append(reason)
 
     wanted: dict[str, list[str]] = {}  # reference or image id -> reasons (release history)
-    recent = newest_distinct(releases(stack.name), 2)
+    recent = newest_distinct(Ledger(stack.name).releases(), 2)
     for label, release in zip(("current release", "previous release"), recent, strict=False):
         for service in stack.services:
             if service.versioned and service.image:

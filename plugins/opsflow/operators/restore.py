@@ -15,12 +15,12 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from opsflow.backup.manifest import BackupError, Manifest, check_backup_id, new_backup_id, utcnow
+from opsflow.backup.manifest import Manifest, check_backup_id, new_backup_id, utcnow
 from opsflow.backup.stream import check_artifact
 from opsflow.operators.backup import BackupStepOperator
 from opsflow.operators.steps import StepRecord, human_bytes
-from opsflow.releases.history import current_and_previous
-from opsflow.stack.model import BucketSource, PostgresSource, RedisSource
+from opsflow.releases.ledger import current_and_previous
+from opsflow.stack.model import PostgresSource
 
 PLAN_TASK = "plan"
 
@@ -180,29 +180,9 @@ class RestoreSourcesOperator(BackupStepOperator):
         backups = self.backups
         artifact_dir = Path(plan["artifact_dir"])
         for name in plan["sources"]:
-            source = backups.source(name)
             saved = manifest.source(name)
             artifact = artifact_dir / saved.artifacts[0].name
-            if isinstance(source, PostgresSource):
-                from opsflow.backup.postgres import restore_postgres
-
-                database = plan["target_database"] or source.database
-                endpoint = backups.resolve(source.conn_id)
-                reports[name] = restore_postgres(
-                    saved, artifact, endpoint, database, ctx, client_bin_dir=source.client_bin_dir
-                )
-            elif isinstance(source, RedisSource):
-                from opsflow.backup.redis import restore_redis
-
-                data_dir = backups.redis_data_dir(source)
-                reports[name] = restore_redis(saved, artifact, data_dir, ctx)
-            elif isinstance(source, BucketSource):
-                from opsflow.backup.buckets import restore_bucket
-
-                client = backups.bucket_client(source.conn_id)
-                reports[name] = restore_bucket(saved, artifact, client, source.bucket, ctx)
-            else:
-                raise BackupError(f"{name}: not a restorable source")
+            reports[name] = backups.restore(saved, artifact, ctx, plan["target_database"])
             record.lines.append(f"{name}: restored ({_brief(reports[name])})")
 
 
