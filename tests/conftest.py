@@ -504,6 +504,17 @@ DEMO_DIR = REPO_ROOT / "include" / "demo"
 AIRFLOW_CLI = REPO_ROOT / "scripts" / "airflow"
 
 
+SAME_RUN = """
+import json, sys
+from datetime import datetime
+from airflow.utils.cli import get_bagged_dag
+dag = get_bagged_dag(None, sys.argv[1])
+when = datetime.fromisoformat(sys.argv[2])
+run = dag.test(run_after=when, logical_date=when, run_conf=json.loads(sys.argv[3]))
+sys.exit(0 if str(run.state) in ("success", "DagRunState.SUCCESS") else 1)
+"""
+
+
 @dataclass
 class DemoDeployment:
     home: Path
@@ -512,19 +523,59 @@ class DemoDeployment:
     env: dict[str, str]
 
     def dags_test(
-        self, conf: dict[str, Any], *extra_env: dict[str, str], dag_id: str = "demo__deploy"
+        self,
+        conf: dict[str, Any],
+        *extra_env: dict[str, str],
+        dag_id: str = "demo__deploy",
+        logical_date: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        env = dict(self.env)
-        for more in extra_env:
-            env.update(more)
         return subprocess.run(
-            [str(AIRFLOW_CLI), "dags", "test", dag_id, "-c", json.dumps(conf)],
-            env=env,
+            self._dags_test_argv(conf, dag_id, logical_date),
+            env=self._env(extra_env),
             capture_output=True,
             text=True,
             timeout=900,
             check=False,
         )
+
+    def start_dags_test(
+        self,
+        conf: dict[str, Any],
+        *extra_env: dict[str, str],
+        dag_id: str = "demo__deploy",
+        logical_date: str | None = None,
+    ) -> subprocess.Popen[str]:
+        """``dags test`` in the background, its output line by line as it happens."""
+        return subprocess.Popen(
+            self._dags_test_argv(conf, dag_id, logical_date),
+            env={**self._env(extra_env), "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def _dags_test_argv(
+        self, conf: dict[str, Any], dag_id: str, logical_date: str | None
+    ) -> list[str]:
+        """``airflow dags test``; with a logical date, the same run every time.
+
+        The CLI names each run after the moment it starts, so running it again never
+        continues a run. With ``logical_date`` the DAG's own ``test()`` is called with it as
+        the run's date too: a second call clears that run's tasks and runs them again,
+        which is what clearing a run in the UI does.
+        """
+        if logical_date is None:
+            return [str(AIRFLOW_CLI), "dags", "test", dag_id, "-c", json.dumps(conf)]
+        python = str(REPO_ROOT / ".venv" / "bin" / "python")
+        return [str(AIRFLOW_CLI), "--exec", python, "-c", SAME_RUN, dag_id, logical_date,
+                json.dumps(conf)]  # fmt: skip
+
+    def _env(self, extra_env: tuple[dict[str, str], ...]) -> dict[str, str]:
+        env = dict(self.env)
+        for more in extra_env:
+            env.update(more)
+        return env
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         return get_json(f"http://127.0.0.1:{self.api_port}{path}")
@@ -627,6 +678,44 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDeploym
     finally:
         deployment.compose("down", "--volumes", "--remove-orphans")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def demo_pg(deployment: DemoDeployment, dbname: str = "app") -> Any:
+    """An autocommit connection to the e2e stack's PostgreSQL."""
+    import psycopg
+
+    conn = json.loads(deployment.env["AIRFLOW_CONN_DEMO_POSTGRES"])
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=conn["port"],
+        user=conn["login"],
+        password=conn["password"],
+        dbname=dbname,
+        autocommit=True,
+    )
+
+
+def table_digests(deployment: DemoDeployment, dbname: str = "app") -> dict[str, tuple[int, str]]:
+    """Row count and an ordered md5 of every row of every user table (plain SQL)."""
+    from psycopg import sql
+
+    with demo_pg(deployment, dbname) as conn:
+        tables = list(
+            conn.execute(
+                "SELECT schemaname, tablename FROM pg_tables "
+                "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
+            )
+        )
+        digests = {}
+        for table in tables:
+            query = sql.SQL(
+                "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                "FROM {} AS t"
+            ).format(sql.Identifier(*table))
+            row = conn.execute(query).fetchone()
+            assert row is not None
+            digests[".".join(table)] = (int(row[0]), str(row[1]))
+    return digests
 
 
 def alert_connections(smtp: SmtpCapture, receiver: HttpCapture) -> dict[str, str]:

@@ -113,12 +113,47 @@ def test_deploy_retries_only_idempotent_steps(dagbag: Any) -> None:
     dag = dagbag.dags["demo__deploy"]
     retries = {task.task_id: task.retries for task in dag.tasks}
     assert retries == {
-        "build": 2, "migrate": 0, "start": 1, "verify": 0, "record": 1, "summary": 0,
+        "lock": 0, "build": 2, "migrate": 0, "start": 1, "verify": 0, "record": 1,
+        "unlock": 2, "summary": 0,
     }  # fmt: skip
     assert [t.task_id for t in dag.topological_sort()] == [
-        "build", "migrate", "start", "verify", "record", "summary",
+        "lock", "build", "migrate", "start", "verify", "record", "unlock", "summary",
     ]  # fmt: skip
-    assert dag.get_task("summary").trigger_rule == "all_done"
+    always = {t.task_id for t in dag.tasks if t.trigger_rule == "all_done"}
+    assert always == {"record", "unlock", "summary"}
+
+
+def test_upgrade_rolls_back_after_the_snapshot_and_always_unlocks(dagbag: Any) -> None:
+    dag = dagbag.dags["demo__upgrade"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "lock", "preflight", "snapshot", "pre_upgrade_backup", "build", "migrate", "start",
+        "verify", "rollback", "rollback_verify", "record", "unlock", "summary",
+    ]  # fmt: skip
+    always = {t.task_id for t in dag.tasks if t.trigger_rule == "all_done"}
+    assert always == {"rollback", "record", "unlock", "summary"}
+    # One alert per failed run, from the summary, saying how the rollback ended.
+    alerting = [t.task_id for t in dag.tasks if t.on_failure_callback]
+    assert alerting == []
+    assert dag.get_task("migrate").retries == 0
+
+
+def test_every_stack_changing_dag_takes_the_stack_lock_first(dagbag: Any) -> None:
+    for kind in ("deploy", "upgrade", "rollback", "restore"):
+        dag = dagbag.dags[f"demo__{kind}"]
+        order = [t.task_id for t in dag.topological_sort()]
+        assert order[0] == "lock" and order[-2:] == ["unlock", "summary"], kind
+        assert dag.get_task("lock").mode == "reschedule", kind
+        assert dag.get_task("unlock").trigger_rule == "all_done", kind
+
+
+def test_rollback_form_offers_previous_and_refuses_shell_text(dagbag: Any) -> None:
+    from airflow.exceptions import ParamValidationError
+
+    params = _serialized(dagbag, "demo__rollback").params
+    assert params.validate()["release"] == "previous"
+    assert params.deep_merge({"release": "1.0.0"}).validate()["restore_data"] is False
+    with pytest.raises(ParamValidationError):
+        params.deep_merge({"release": "1.0.0; rm -rf /"}).validate()
 
 
 def test_pull_stacks_pull_instead_of_building(dagbag: Any) -> None:

@@ -33,7 +33,9 @@ from conftest import (
     S3Server,
     SmtpCapture,
     alert_connections,
+    demo_pg,
     service_unavailable,
+    table_digests,
 )
 
 pytestmark = pytest.mark.e2e
@@ -87,48 +89,11 @@ class BackupSetup:
         return {key.split("/")[-2] for key in keys if key.endswith("/manifest.json")}
 
 
-def _pg(deployment: DemoDeployment, dbname: str = "app") -> Any:
-    import psycopg
-
-    conn = json.loads(deployment.env["AIRFLOW_CONN_DEMO_POSTGRES"])
-    return psycopg.connect(
-        host="127.0.0.1",
-        port=conn["port"],
-        user=conn["login"],
-        password=conn["password"],
-        dbname=dbname,
-        autocommit=True,
-    )
-
-
 def _redis(deployment: DemoDeployment) -> Any:
     import redis
 
     conn = json.loads(deployment.env["AIRFLOW_CONN_DEMO_REDIS"])
     return redis.Redis(host="127.0.0.1", port=conn["port"], password=conn["password"])
-
-
-def table_digests(deployment: DemoDeployment, dbname: str = "app") -> dict[str, tuple[int, str]]:
-    """Row count and an ordered md5 of every row of every user table (plain SQL)."""
-    from psycopg import sql
-
-    with _pg(deployment, dbname) as conn:
-        tables = list(
-            conn.execute(
-                "SELECT schemaname, tablename FROM pg_tables "
-                "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
-            )
-        )
-        digests = {}
-        for table in tables:
-            query = sql.SQL(
-                "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
-                "FROM {} AS t"
-            ).format(sql.Identifier(*table))
-            row = conn.execute(query).fetchone()
-            assert row is not None
-            digests[".".join(table)] = (int(row[0]), str(row[1]))
-    return digests
 
 
 def _quiet(digests: dict[str, tuple[int, str]]) -> dict[str, tuple[int, str]]:
@@ -242,7 +207,7 @@ def test_restore_into_the_live_stack_brings_the_data_back(
     setup: BackupSetup, good_backup: GoodBackup
 ) -> None:
     deployment = setup.deployment
-    with _pg(deployment) as conn:
+    with demo_pg(deployment) as conn:
         conn.execute("DELETE FROM items")
         conn.execute("INSERT INTO items (name) VALUES ('damage')")
     _redis(deployment).delete("opsflow:e2e:marker")
@@ -319,7 +284,7 @@ def faults(setup: BackupSetup, good_backup: GoodBackup, http_receiver: HttpCaptu
 @pytest.fixture(scope="module")
 def bulk_table(setup: BackupSetup) -> Iterator[None]:
     """~150 MB of poorly compressible rows, so a dump takes long enough to be hit."""
-    with _pg(setup.deployment) as conn:
+    with demo_pg(setup.deployment) as conn:
         conn.execute("DROP TABLE IF EXISTS bulk")
         conn.execute(
             "CREATE TABLE bulk AS SELECT g AS id, md5(random()::text) || md5(random()::text) "
@@ -328,7 +293,7 @@ def bulk_table(setup: BackupSetup) -> Iterator[None]:
     try:
         yield
     finally:
-        with _pg(setup.deployment) as conn:
+        with demo_pg(setup.deployment) as conn:
             conn.execute("DROP TABLE IF EXISTS bulk")
 
 

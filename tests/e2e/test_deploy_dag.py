@@ -139,5 +139,6 @@ def test_invalid_stack_file_is_a_clear_import_error(
     message = reported[0]["error"]
     assert "broken.yaml" in message and "health_gate.interval" in message and "'soon'" in message
     assert sorted(d["dag_id"] for d in cli_json("dags", "list")) == [
-        "demo__backup", "demo__deploy", "demo__log_cleanup", "demo__restore",
+        "demo__backup", "demo__deploy", "demo__log_cleanup", "demo__restore", "demo__rollback",
+        "demo__upgrade",
     ]  # fmt: skip

@@ -983,3 +983,10 @@ __all__ = [
     "restore_postgres",
     "verify_postgres",
 ]
+
+
+def database_size(endpoint: Endpoint, dbname: str) -> int:
+    """Bytes on disk of one database: an upper bound for its uncompressed dump."""
+    with _connect(endpoint, dbname, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row else 0

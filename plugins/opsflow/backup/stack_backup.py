@@ -156,15 +156,11 @@ class StackBackups:
         paths: list[tuple[str, Path]] = [
             (f"stack/{self.stack.name}.yaml", stack_path(self.stack.name, self.stacks_dir))
         ]
-        runtime = self.stack.runtime
-        if isinstance(runtime, ComposeRuntime):
+        if isinstance(self.stack.runtime, ComposeRuntime):
+            from opsflow.releases.switch import release_config_paths
+
             working = resolve_working_dir(self.stack, self.stacks_dir)
-            paths += [(f"compose/{name}", working / name) for name in runtime.files]
-            if runtime.env_file:
-                paths.append((f"compose/{runtime.env_file}", working / runtime.env_file))
-            for listed in self.stack.backup.sources.files:
-                path = Path(listed) if Path(listed).is_absolute() else working / listed
-                paths.append((f"config/{listed.lstrip('/')}", path))
+            paths += release_config_paths(self.stack, working)
         return paths
 
     # ------------------------------------------------------------------ dump / verify

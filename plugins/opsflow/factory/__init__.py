@@ -19,10 +19,17 @@ def build_stack_dags(stack_name: str) -> list[DAG]:
     from opsflow.factory.deploy import build_deploy_dag
     from opsflow.factory.maintenance import build_log_cleanup_dag
     from opsflow.factory.restore import build_restore_dag
+    from opsflow.factory.rollback import build_rollback_dag
+    from opsflow.factory.upgrade import build_upgrade_dag
     from opsflow.stack.loader import load_stack
 
     stack = load_stack(stack_name)
-    dags = [build_deploy_dag(stack), build_log_cleanup_dag(stack)]
+    dags = [
+        build_deploy_dag(stack),
+        build_upgrade_dag(stack),
+        build_rollback_dag(stack),
+        build_log_cleanup_dag(stack),
+    ]
     if stack.backup.enabled:
         dags += [build_backup_dag(stack), build_restore_dag(stack)]
     return dags

@@ -8,8 +8,9 @@ from airflow.sdk import DAG, Param
 
 from opsflow.factory.common import dag_defaults, gate_sensor, render_doc
 from opsflow.operators.compose import ComposeStepOperator
-from opsflow.operators.record import RecordReleaseOperator
+from opsflow.operators.lock import StackLockSensor, StackUnlockOperator
 from opsflow.operators.summary import RunSummaryOperator
+from opsflow.operators.upgrade import LedgerRecordOperator
 from opsflow.stack.model import PARAM_VERSION_PATTERN, ComposeRuntime, Stack
 
 DEPLOY_DOC = """
@@ -21,6 +22,8 @@ Brings the stack to the release you enter in the trigger form, then proves it is
 
 | step | what it does | retried |
 |---|---|---|
+| `lock` | takes the stack lock (shared with upgrade, rollback and restore); waits while \
+another run holds it and names that run | reschedules |
 | `{fetch}` | `docker compose {fetch}` of the images, tagged \
 `{version_variable}=<version>` | yes (idempotent) |
 | `migrate` | {migration} | no |
@@ -29,8 +32,10 @@ image tags | yes (idempotent) |
 | `verify` | health gate: {check_count} checks must all pass {consecutive} rounds in a row, \
 every {interval}s; fails after {timeout}s (raised to the slowest container healthcheck's \
 unhealthy window if that is longer) | no |
-| `record` | appends the release (version, images) to the stack's release history, \
-which image pruning (and later rollback) reads | yes (idempotent) |
+| `record` | always runs: writes the outcome (version, image ids, config digest) to the \
+release ledger `$OPSFLOW_STATE_DIR/{stack}/ledger.jsonl`, which upgrade, rollback and \
+image pruning read | yes (idempotent) |
+| `unlock` | always runs: releases the stack lock | yes |
 | `summary` | always runs: version, images, duration of each step, health results; \
 fails the run if any step failed | no |
 
@@ -39,8 +44,8 @@ fails the run if any step failed | no |
   refused before a run is created.
 - `dry_run`: log the exact commands and the health checks, change nothing.
 
-Waiting for health holds no worker slot (the gate defers to the triggerer). Only one deploy
-of this stack runs at a time. A failed task alerts: {alerts}.
+Waiting for health holds no worker slot (the gate defers to the triggerer). Only one deploy,
+upgrade, rollback or restore of this stack runs at a time. A failed task alerts: {alerts}.
 Stack file: `include/stacks/{stack}.yaml`.
 """
 
@@ -89,18 +94,21 @@ def build_deploy_dag(stack: Stack) -> DAG:
         **dag_defaults(stack, "deploy"),
     ) as dag:
         common: dict[str, Any] = {"stack_name": stack.name, "version": version, "dry_run": dry_run}
+        lock = StackLockSensor(task_id="lock", stack_name=stack.name, dry_run=dry_run)
         fetch = ComposeStepOperator(task_id=fetch_step, step="fetch", retries=2, **common)
         migrate = ComposeStepOperator(task_id="migrate", step="migrate", retries=0, **common)
         start = ComposeStepOperator(task_id="start", step="start", retries=1, **common)
         verify = gate_sensor(stack, task_id="verify", version=version, dry_run=dry_run)
-        record = RecordReleaseOperator(
-            task_id="record", images_from=fetch_step, retries=1, **common
+        steps = ["lock", fetch_step, "migrate", "start", "verify"]
+        record = LedgerRecordOperator(
+            task_id="record", action="deploy", step_task_ids=steps, images_from=fetch_step, **common
         )
+        unlock = StackUnlockOperator(task_id="unlock", stack_name=stack.name, dry_run=dry_run)
         summary = RunSummaryOperator(
             task_id="summary",
             workflow="deploy",
-            step_task_ids=[fetch_step, "migrate", "start", "verify", "record"],
+            step_task_ids=[*steps, "record", "unlock"],
             **common,
         )
-        fetch >> migrate >> start >> verify >> record >> summary
+        lock >> fetch >> migrate >> start >> verify >> record >> unlock >> summary
     return dag

@@ -9,6 +9,7 @@ from airflow.sdk import DAG, Param
 from opsflow.backup.manifest import BACKUP_ID_PATTERN
 from opsflow.factory.backup import sources_param
 from opsflow.factory.common import dag_defaults, gate_sensor, render_doc
+from opsflow.operators.lock import StackLockSensor, StackUnlockOperator
 from opsflow.operators.restore import (
     PreRestoreBackupOperator,
     RestorePlanOperator,
@@ -16,6 +17,7 @@ from opsflow.operators.restore import (
     WritersOperator,
 )
 from opsflow.operators.summary import RunSummaryOperator
+from opsflow.operators.upgrade import LedgerRecordOperator
 from opsflow.stack.model import Stack
 
 RESTORE_DOC = """
@@ -26,6 +28,7 @@ PostgreSQL database into a database of another name).
 
 | step | what it does |
 |---|---|
+| `lock` | takes the stack lock (shared with deploy, upgrade and rollback) |
 | `plan` | finds the backup (`latest` = newest not-failed one) and checks **every artifact \
 against its manifest** (size, sha256) before anything is touched |
 | `pre_restore_backup` | backs up the current state of the same sources (a normal \
@@ -37,6 +40,8 @@ Redis: `dump.rdb` replaced while the server is stopped; buckets: objects put bac
 | `start_writers` | always runs: starts what `stop_writers` stopped |
 | `health` | always runs: the stack's health gate ({check_count} checks, {consecutive} \
 rounds) |
+| `record` | always runs: writes the restore into the release ledger |
+| `unlock` | always runs: releases the stack lock |
 | `summary` | always runs; fails the run if a step failed |
 
 **Params**: `backup_id` (e.g. `20261121T020000Z-1a2b3c`, or `latest`), `sources`
@@ -97,6 +102,7 @@ def build_restore_dag(stack: Stack) -> DAG:
         **dag_defaults(stack, "restore"),
     ) as dag:
         common: dict[str, Any] = {"stack_name": stack.name, "dry_run": dry_run}
+        lock = StackLockSensor(task_id="lock", **common)
         plan = RestorePlanOperator(
             task_id="plan",
             backup_id="{{ params.backup_id }}",
@@ -115,13 +121,22 @@ def build_restore_dag(stack: Stack) -> DAG:
         health = gate_sensor(
             stack, task_id="health", version=release, dry_run=dry_run, trigger_rule="all_done"
         )
+        steps = ["lock", "plan", "pre_restore_backup", "stop_writers", "restore",
+                 "start_writers", "health"]  # fmt: skip
+        record = LedgerRecordOperator(
+            task_id="record",
+            action="restore",
+            version=release,
+            step_task_ids=steps,
+            backup_from="plan",
+            **common,
+        )
+        unlock = StackUnlockOperator(task_id="unlock", **common)
         summary = RunSummaryOperator(
             task_id="summary",
             workflow="restore",
-            step_task_ids=[
-                "plan", "pre_restore_backup", "stop_writers", "restore", "start_writers", "health"
-            ],
+            step_task_ids=[*steps, "record", "unlock"],
             **common,
-        )  # fmt: skip
-        plan >> pre >> stop >> restore >> start >> health >> summary
+        )
+        lock >> plan >> pre >> stop >> restore >> start >> health >> record >> unlock >> summary
     return dag

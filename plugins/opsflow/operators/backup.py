@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from opsflow.backup.manifest import (
@@ -23,22 +23,24 @@ from opsflow.backup.manifest import (
     utcnow,
 )
 from opsflow.backup.stack_backup import StackBackups
-from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line, human_bytes
+from opsflow.operators.steps import (
+    StepOperator,
+    StepRecord,
+    as_bool,
+    human_bytes,
+)
 from opsflow.stack.loader import load_stack
 
 PLAN_TASK = "plan"
 
 
-class BackupStepOperator(BaseOperator):
-    """Base: loads the stack, keeps a step record, ends honestly (failed/skipped/ok)."""
+class BackupStepOperator(StepOperator):
+    """Base of the backup and restore steps: the stack's backups, loaded once per task."""
 
-    template_fields: Sequence[str] = ("is_dry_run",)
     ui_color = "#f3ecfb"
 
     def __init__(self, *, stack_name: str, dry_run: bool | str = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stack_name = stack_name
-        self.is_dry_run = dry_run
+        super().__init__(stack_name=stack_name, dry_run=dry_run, **kwargs)
         self._backups: StackBackups | None = None
 
     @property
@@ -46,28 +48,6 @@ class BackupStepOperator(BaseOperator):
         if self._backups is None:
             self._backups = StackBackups(load_stack(self.stack_name))
         return self._backups
-
-    def run(self, record: StepRecord, context: Context) -> Any:
-        """Do the work and fill ``record``; raise to fail, :class:`AirflowSkipException` to skip."""
-        raise NotImplementedError
-
-    def execute(self, context: Context) -> Any:
-        record = StepRecord(step=self.task_id, dry_run=as_bool(self.is_dry_run))
-        ti = context["ti"]
-        try:
-            result = self.run(record, context)
-        except AirflowSkipException as skip:
-            ti.xcom_push(key=RECORD_KEY, value=record.finish("skipped", str(skip)))
-            raise
-        except Exception as error:
-            for line in record.lines:
-                self.log.info("%s", line)
-            ti.xcom_push(key=RECORD_KEY, value=record.finish("failed", first_line(str(error))))
-            raise
-        for line in record.lines:
-            self.log.info("%s", line)
-        ti.xcom_push(key=RECORD_KEY, value=record.finish("dry-run" if record.dry_run else "ok"))
-        return result
 
     def plan(self, context: Context) -> dict[str, Any]:
         plan: dict[str, Any] | None = context["ti"].xcom_pull(task_ids=PLAN_TASK)

@@ -8,8 +8,12 @@ metadata DB (which Airflow 3 tasks may not do).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowSkipException
 
 RECORD_KEY = "step_record"
 
@@ -60,3 +64,40 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} GiB"
+
+
+class StepOperator(BaseOperator):
+    """A workflow step that keeps a :class:`StepRecord` and ends honestly.
+
+    Subclasses implement :meth:`run`; the record is pushed whether the step succeeds,
+    fails or is skipped, and its lines are logged either way.
+    """
+
+    template_fields: Sequence[str] = ("is_dry_run",)
+
+    def __init__(self, *, stack_name: str, dry_run: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stack_name = stack_name
+        self.is_dry_run = dry_run
+
+    def run(self, record: StepRecord, context: Context) -> Any:
+        """Do the work and fill ``record``; raise to fail, :class:`AirflowSkipException` to skip."""
+        raise NotImplementedError
+
+    def execute(self, context: Context) -> Any:
+        record = StepRecord(step=self.task_id, dry_run=as_bool(self.is_dry_run))
+        ti = context["ti"]
+        try:
+            result = self.run(record, context)
+        except AirflowSkipException as skip:
+            ti.xcom_push(key=RECORD_KEY, value=record.finish("skipped", str(skip)))
+            raise
+        except Exception as error:
+            for line in record.lines:
+                self.log.info("%s", line)
+            ti.xcom_push(key=RECORD_KEY, value=record.finish("failed", first_line(str(error))))
+            raise
+        for line in record.lines:
+            self.log.info("%s", line)
+        ti.xcom_push(key=RECORD_KEY, value=record.finish("dry-run" if record.dry_run else "ok"))
+        return result

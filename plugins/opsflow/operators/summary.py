@@ -61,13 +61,28 @@ class RunSummaryOperator(BaseOperator):
             "steps": steps,
             "total_seconds": round(sum((r or {}).get("seconds", 0.0) for r in steps.values()), 2),
         }
+        message = self.failure(steps, failed, context)
+        if message:
+            summary["outcome"] = "failed"
         self.log.info("%s", render_summary(summary))
-        if failed:
-            first = failed[0]
-            reason = (steps[first] or {}).get("detail") or "did not run"
-            subject = " ".join(filter(None, [self.stack_name, self.version and str(self.version)]))
-            raise AirflowFailException(f"{self.workflow} of {subject} failed at {first}: {reason}")
+        if message:
+            self.report(message, context)
+            raise AirflowFailException(message)
         return summary
+
+    def failure(
+        self, steps: dict[str, dict[str, Any] | None], failed: list[str], context: Context
+    ) -> str | None:
+        """The run's failure in one line, or ``None`` when the run succeeded."""
+        if not failed:
+            return None
+        first = failed[0]
+        reason = (steps[first] or {}).get("detail") or "did not run"
+        subject = " ".join(filter(None, [self.stack_name, self.version and str(self.version)]))
+        return f"{self.workflow} of {subject} failed at {first}: {reason}"
+
+    def report(self, message: str, context: Context) -> None:
+        """Nothing here: the failing step has alerted already."""
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -113,3 +128,54 @@ def render_summary(summary: dict[str, Any]) -> str:
             mark = "ok  " if check.get("ok") else "FAIL"
             lines.append(f"  {mark} {check.get('name')}: {check.get('detail', '')}")
     return "\n".join(lines)
+
+
+class UpgradeSummaryOperator(RunSummaryOperator):
+    """The upgrade's last task: one alert per failed run that says how it ended.
+
+    The steps of an upgrade do not alert on their own (a failed health gate is followed by
+    a rollback, and the person on call needs the whole story in one message): "upgrade X ->
+    Y failed at <task> with <error>; rolled back to X; healthy", or "...; rollback failed
+    at <task> with <error>; human needed".
+    """
+
+    def __init__(self, *, record_task_id: str = "record", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.record_task_id = record_task_id
+
+    def failure(
+        self, steps: dict[str, dict[str, Any] | None], failed: list[str], context: Context
+    ) -> str | None:
+        ended = context["ti"].xcom_pull(task_ids=self.record_task_id) or {}
+        outcome = ended.get("outcome")
+        if outcome in ("succeeded", "dry-run"):
+            return None
+        if not ended:  # the ledger record itself failed: fall back to the step records
+            first = next((t for t in failed if t != self.record_task_id), self.record_task_id)
+            ended = {"failed_task": first, "error": (steps.get(first) or {}).get("detail")}
+        pre = context["ti"].xcom_pull(task_ids="preflight") or {}
+        source = ended.get("from_version") or pre.get("from_version") or "?"
+        move = f"{self.stack_name} {source} -> {self.version}"
+        head = (
+            f"upgrade {move} failed at {ended.get('failed_task')} "
+            f"with {ended.get('error') or 'no error recorded'}"
+        )
+        if outcome == "rolled-back":
+            return f"{head}; rolled back to {ended.get('rolled_back_to')}; healthy"
+        if outcome == "rollback-failed":
+            return (
+                f"{head}; rollback failed at {ended.get('rollback_failed_task')} with "
+                f"{ended.get('rollback_error')}; human needed"
+            )
+        return f"{head}; the running release was not changed"
+
+    def report(self, message: str, context: Context) -> None:
+        from opsflow.notifiers.routes import send_alert
+        from opsflow.stack.loader import load_stack
+
+        results = send_alert(
+            load_stack(self.stack_name), {**context, "exception": AirflowFailException(message)}
+        )
+        for result in results:
+            state = "delivered" if result.delivered else "FAILED"
+            self.log.info("alert via %s: %s", result.route, state)

@@ -54,7 +54,7 @@ class StackGateSensor(HealthGateSensor):
 
     def _record(self) -> StepRecord:
         return StepRecord(
-            step="verify", version=str(self.version), dry_run=as_bool(self.is_dry_run)
+            step=self.task_id, version=str(self.version), dry_run=as_bool(self.is_dry_run)
         )
 
     def execute(self, context: Context) -> None:

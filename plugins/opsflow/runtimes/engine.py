@@ -49,3 +49,21 @@ def volume_mountpoint(name: str) -> Path | None:
         return Path(client.inspect_volume(name)["Mountpoint"])
     except NotFound:
         return None
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """``registry:5000/repo:tag`` -> (``registry:5000/repo``, ``tag``); no tag means latest."""
+    repository, sep, tag = reference.rpartition(":")
+    if not sep or "/" in tag:
+        return reference, "latest"
+    return repository, tag
+
+
+def tag_image(image_id: str, reference: str) -> None:
+    """Point ``reference`` at the image ``image_id`` (which must exist locally)."""
+    from airflow.providers.docker.hooks.docker import DockerHook
+
+    client = DockerHook(docker_conn_id=None, base_url=docker_url()).api_client
+    repository, tag = split_reference(reference)
+    if not client.tag(image_id, repository, tag, force=True):
+        raise RuntimeError(f"docker refused to tag {image_id} as {reference}")

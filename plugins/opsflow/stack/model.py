@@ -223,6 +223,9 @@ class Migration(Strict):
     command: Argv
     # Command that undoes the release's migrations, when it is safe to use.
     down_command: list[str] | None = None
+    # New-release versions (glob patterns) whose down_command is safe to run on rollback;
+    # empty: a rollback across a migration always restores the pre-upgrade backup.
+    down_safe_for: list[str] = []
     timeout: Duration = timedelta(minutes=10)
 
 
