@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-stop test lint unit bench-parse bench-logs bench-backup clean
+.PHONY: setup demo demo-stop test lint unit bench-parse bench-logs bench-backup bench-rollback clean
 
 setup:
 	scripts/setup.sh
@@ -37,6 +37,11 @@ bench-logs: setup
 BENCH_BACKUP_ARGS ?=
 bench-backup: setup
 	$(PYTHON) scripts/bench_backup.py $(BENCH_BACKUP_ARGS)
+
+# BENCH_ROLLBACK_ARGS=--quick for a smoke run on a 20 MB database (see scripts/bench_rollback.py --help).
+BENCH_ROLLBACK_ARGS ?=
+bench-rollback: setup
+	$(PYTHON) scripts/bench_rollback.py $(BENCH_ROLLBACK_ARGS)
 
 clean:
 	rm -rf airflow-home .pytest_cache .mypy_cache .ruff_cache
