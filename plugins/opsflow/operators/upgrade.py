@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from opsflow.backup.manifest import new_backup_id, utcnow
 from opsflow.operators.compose import ComposeStepOperator
-from opsflow.operators.steps import RECORD_KEY, StepOperator, StepRecord, first_line
+from opsflow.operators.steps import RECORD_KEY, StepOperator, StepRecord, as_bool, first_line
 from opsflow.releases.ledger import Ledger, LedgerEntry, check_version, now_iso
 from opsflow.releases.switch import ReleaseSwitch, Snapshot, postgres_source_names
 from opsflow.stack.loader import load_stack
@@ -52,8 +52,8 @@ def step_records(context: Context, task_ids: Sequence[str]) -> dict[str, dict[st
 
 
 def first_failure(records: dict[str, dict[str, Any] | None]) -> tuple[str, str] | None:
-    """The first step that failed, with its error; a step that never reported counts only
-    when nothing before it failed (its task process died)."""
+    """The first step that reported a failure, with its error (callers treat a step that
+    never reported, e.g. because its task process died, separately)."""
     for task_id, record in records.items():
         if record is not None and record["status"] == "failed":
             return task_id, record.get("detail") or "failed"
@@ -288,8 +288,6 @@ class UpgradeComposeStepOperator(ComposeStepOperator):
         super().__init__(**kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from opsflow.operators.steps import as_bool
-
         if self.step == "migrate" and not as_bool(self.is_dry_run):
             ledger = Ledger(self.stack_name)
             entry = ledger.get(entry_id(context))
@@ -487,7 +485,7 @@ class LedgerRecordOperator(StepOperator):
         if not healthy:
             task, error = failure or ("rollback_verify", "did not finish")
             result["rollback_failed_task"], result["rollback_error"] = task, error
-        back = ti_value(context, "rollback") or {}
+        back = context["ti"].xcom_pull(task_ids="rollback") or {}
         result["rollback"] = LedgerEntry(
             entry_id=f"{entry.entry_id}/rollback",
             stack=entry.stack,
@@ -497,7 +495,6 @@ class LedgerRecordOperator(StepOperator):
             run_id=entry.run_id,
             dag_id=entry.dag_id,
             triggered_by=f"automatic rollback of {entry.entry_id}",
-            started_at=done.get("started_at") or now_iso(),
             ended_at=now_iso(),
             images=snapshot.images,
             config_digest=snapshot.config_digest,
@@ -508,10 +505,6 @@ class LedgerRecordOperator(StepOperator):
             notes=[str(back.get("data") or "")],
         )
         result["rolled_back_to"] = snapshot.version
-
-
-def ti_value(context: Context, task_id: str) -> Any:
-    return context["ti"].xcom_pull(task_ids=task_id)
 
 
 def _run_start(context: Context) -> str:

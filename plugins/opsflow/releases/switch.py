@@ -19,7 +19,7 @@ from opsflow.backup.stream import check_artifact
 from opsflow.releases.ledger import ConfigSnapshot, Ledger, check_version
 from opsflow.runtimes.compose import ComposeProject
 from opsflow.runtimes.process import LineLogger
-from opsflow.stack.model import ComposeRuntime, PostgresSource, Stack
+from opsflow.stack.model import ComposeRuntime, Stack
 
 STOP_TIMEOUT = 300.0
 START_TIMEOUT = 600.0
@@ -199,7 +199,7 @@ class ReleaseSwitch:
         backups = StackBackups(self.stack, self.stacks_dir)
         store, manifest = backups.find(backup_id, self.log)
         held = {saved.name for saved in manifest.sources}
-        names = [s.name for s in self.stack.backup.sources.postgres if s.name in held]
+        names = [name for name in postgres_source_names(self.stack) if name in held]
         staging = backups.staging_root / ".staging" / new_backup_id(utcnow(), f"{run_id}/restore")
         lines = []
         try:
@@ -230,7 +230,7 @@ def release_config_paths(stack: Stack, working_dir: Path) -> list[tuple[str, Pat
 
 
 def postgres_source_names(stack: Stack) -> list[str]:
-    return [s.name for s in stack.backup.sources.postgres if isinstance(s, PostgresSource)]
+    return [source.name for source in stack.backup.sources.postgres]
 
 
 def _changed(ledger: Ledger, digest: str, on_disk: ConfigSnapshot) -> list[str]:
