@@ -252,6 +252,7 @@ def environment(layout: Layout, passwords: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "OPSFLOW_STACKS_DIR": str(layout.stacks),
         "OPSFLOW_STATE_DIR": str(layout.state),
+        "OPSFLOW_ALLOWED_ROOTS": str(layout.backups),  # backups outside the working dir
         "DEMO_API_PORT": str(ports["api"]),
         "DEMO_POSTGRES_PORT": str(ports["postgres"]),
         "DEMO_REDIS_PORT": str(ports["redis"]),

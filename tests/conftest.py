@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.error
@@ -28,6 +29,7 @@ import pytest
 import yaml
 
 from opsflow.runtimes.compose import compose_base_argv
+from opsflow.stack.safety import ALLOWED_ROOTS_ENV
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -643,6 +645,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDeploym
         "OPSFLOW_AIRFLOW_HOME": str(home),
         "OPSFLOW_STACKS_DIR": str(stacks),
         "OPSFLOW_STATE_DIR": str(root / "state"),
+        # The e2e tests put backups in pytest's temp dirs: allowed next to the defaults.
+        "OPSFLOW_ALLOWED_ROOTS": (
+            f"{tmp_path_factory.getbasetemp()}:/var/log/opsflow:/var/backups/opsflow"
+        ),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "DEMO_API_PORT": str(ports["api"]),
         "DEMO_POSTGRES_PORT": str(ports["postgres"]),
@@ -1034,3 +1040,21 @@ def demo_manifest(
 # ============================================================================================
 # End of section: backup test helpers
 # ============================================================================================
+
+
+# ============================================================================================
+# Section: stack-file path safety (tests/unit/test_log_files.py, test_backup_files.py)
+# ============================================================================================
+
+
+@pytest.fixture
+def system_victim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A throw-away directory inside a system directory (/dev/shm, else /run), with the
+    default allow-list in force: what a symlink planted after load could point to."""
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    shm = Path("/dev/shm")
+    base = Path(tempfile.mkdtemp(prefix="opsflow-victim-", dir=shm if shm.is_dir() else "/run"))
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base)

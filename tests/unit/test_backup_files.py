@@ -15,6 +15,7 @@ from opsflow.backup.context import RunContext
 from opsflow.backup.files import dump_files, restore_files, verify_files
 from opsflow.backup.manifest import BackupError, SourceBackup
 from opsflow.backup.stream import ArtifactCorrupt
+from opsflow.stack.safety import ALLOWED_ROOTS_ENV
 
 LOG = logging.getLogger("test_backup_files")
 
@@ -236,3 +237,55 @@ def test_missing_artifact_fails_verification(tree: dict[str, Path], ctx: RunCont
     assert verification.differences == [
         f"artifact config.files.tar.zst: missing at {ctx.staging / 'config.files.tar.zst'}"
     ]
+
+
+# ---------------------------------------------------------------------------------- system paths
+
+
+@pytest.mark.parametrize("secret", ["/etc/shadow", "/root/.ssh/id_rsa", "/etc/passwd"])
+def test_system_files_are_never_archived(
+    ctx: RunContext, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    with pytest.raises(BackupError, match=r"config file config/secret: refused: .*system dir"):
+        dump_files([("config/secret", Path(secret))], ctx)
+    assert list(ctx.staging.iterdir()) == []
+
+
+def test_a_config_dir_that_became_a_link_into_a_system_dir_is_refused(
+    tree: dict[str, Path], ctx: RunContext, system_victim: Path
+) -> None:
+    (system_victim / "app.conf").write_text("secret = 1\n")
+    conf = tree["confdir"].parent / "etc"
+    conf.symlink_to(system_victim, target_is_directory=True)
+
+    with pytest.raises(BackupError, match=rf"resolves to {system_victim}/app.conf, which lies"):
+        dump_files([("config/app.conf", conf / "app.conf")], ctx)
+    assert list(ctx.staging.iterdir()) == []
+
+
+def test_restore_never_writes_through_a_link_into_a_system_dir(
+    tree: dict[str, Path], ctx: RunContext, tmp_path: Path, system_victim: Path
+) -> None:
+    backup = dump_files(paths_of(tree), ctx)
+    out = tmp_path / "restored"
+    out.symlink_to(system_victim, target_is_directory=True)
+
+    with pytest.raises(BackupError, match=r"restore of compose/.env: refused: .*system dir"):
+        restore_files(
+            backup, ctx.staging / "config.files.tar.zst", {"compose/.env": out / "env"}, ctx
+        )
+    assert list(system_victim.iterdir()) == []
+
+
+def test_restore_checks_each_member_below_a_restored_dir(
+    tree: dict[str, Path], ctx: RunContext, tmp_path: Path, system_victim: Path
+) -> None:
+    backup = dump_files(paths_of(tree), ctx)
+    out = tmp_path / "restored"
+    out.mkdir()
+    (out / "nested").symlink_to(system_victim, target_is_directory=True)
+
+    with pytest.raises(BackupError, match=r"restore of config/conf.d/nested/b.conf: refused"):
+        restore_files(backup, ctx.staging / "config.files.tar.zst", {"config/conf.d": out}, ctx)
+    assert list(system_victim.iterdir()) == []

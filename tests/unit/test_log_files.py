@@ -25,6 +25,7 @@ from opsflow.logs.files import (
     open_file_ids,
     parse_size,
 )
+from opsflow.stack.safety import ALLOWED_ROOTS_ENV
 
 DAY = 86400.0
 NOBODY = 65534
@@ -202,6 +203,55 @@ def test_root_that_is_a_symlink_is_refused(tmp_path: Path, now: float) -> None:
     assert report.status == "error"
     assert report.error is not None and "symlink" in report.error
     assert (real / "old.log").exists()
+
+
+@pytest.mark.parametrize("root", ["/", "/etc", "/proc", "/usr/share/doc", "/var"])
+def test_a_system_directory_is_never_cleaned_not_even_dry(
+    root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    rule = CleanupRule(patterns=("*",), compress_after_days=0, delete_after_days=0)
+    lines: list[str] = []
+
+    report = clean_root(Path(root), rule, dry_run=True, open_files=frozenset(), log=lines.append)
+
+    assert report.status == "error"
+    assert report.error is not None and report.error.startswith(f"refused: {root} ")
+    assert "system director" in report.error
+    assert report.files_seen == 0 and report.actions == []
+    assert lines == [f"ERROR: log root {root}: {report.error}"]
+
+
+def test_root_whose_parent_became_a_symlink_into_a_system_dir_is_refused(
+    tmp_path: Path, system_victim: Path, now: float
+) -> None:
+    # Loaded as /tmp/.../stack/logs; then "stack" was replaced by a link into /dev/shm.
+    victim = make(system_victim / "logs" / "old.log", age_days=90, now=now)
+    (tmp_path / "stack").symlink_to(system_victim, target_is_directory=True)
+    rule = CleanupRule(delete_after_days=1, delete_uncompressed=True)
+
+    report = clean_root(
+        tmp_path / "stack" / "logs", rule, dry_run=False, now=now, open_files=frozenset()
+    )
+
+    assert report.status == "error"
+    assert report.error is not None
+    assert f"resolves to {system_victim / 'logs'}, which lies in the system directory" in (
+        report.error
+    )
+    assert victim.exists() and report.deleted == 0
+
+
+def test_an_allowed_root_beneath_a_system_dir_is_cleaned(
+    system_victim: Path, monkeypatch: pytest.MonkeyPatch, now: float
+) -> None:
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(system_victim))
+    make(system_victim / "old.log", age_days=90, now=now)
+    rule = CleanupRule(delete_after_days=1, delete_uncompressed=True)
+
+    report = clean_root(system_victim, rule, dry_run=False, now=now, open_files=frozenset())
+
+    assert report.status == "ok" and report.deleted == 1
 
 
 def test_missing_root_is_a_warning(tmp_path: Path) -> None:
@@ -553,10 +603,14 @@ def test_dry_run_changes_nothing_and_predicts_the_real_run(tmp_path: Path, now: 
 
 
 @pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A directory for big trees: in memory when /dev/shm exists, removed afterwards."""
+def scratch(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory for big trees: in memory when /dev/shm exists, removed afterwards.
+
+    /dev is a system directory, so the tree is allowed explicitly, as an operator would.
+    """
     shm = Path("/dev/shm")
     base = Path(tempfile.mkdtemp(prefix="opsflow-logs-", dir=shm if shm.is_dir() else None))
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(base))
     try:
         yield base
     finally:

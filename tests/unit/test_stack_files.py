@@ -26,6 +26,7 @@ from opsflow.stack.model import (
     Stack,
     TcpCheck,
 )
+from opsflow.stack.safety import ALLOWED_ROOTS_ENV, DEFAULT_ALLOWED_ROOTS
 
 STACKS_DIR = Path(__file__).resolve().parents[2] / "include" / "stacks"
 STACK_FILES = sorted(STACKS_DIR.glob("*.yaml"))
@@ -42,6 +43,23 @@ def test_stack_file_validates_and_is_named_after_its_file(path: Path) -> None:
     stack = load_stack_file(path)
     assert stack.name == path.stem
     assert load_stack(path.stem, STACKS_DIR) == stack
+
+
+@pytest.mark.parametrize("path", STACK_FILES, ids=lambda path: path.stem)
+def test_stack_file_touches_only_what_it_owns_by_default(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default allow-list, every log root, backup dir and config file of a shipped
+    stack lies in its working dir, its volumes or the default allowed roots."""
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    stack = load_stack_file(path)
+    assert isinstance(stack.runtime, ComposeRuntime)
+    owned = (f"{stack.runtime.working_dir}/", *(f"{root}/" for root in DEFAULT_ALLOWED_ROOTS))
+    if stack.backup.local_dir:
+        assert stack.backup.local_dir.startswith(owned)
+    for root in stack.logs.roots:
+        if root.volume:
+            assert root.volume.startswith(f"{stack.runtime.project}_")
 
 
 @pytest.mark.parametrize("path", STACK_FILES, ids=lambda path: path.stem)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,11 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from opsflow.stack.loader import (
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_NODES,
+    MAX_PROBLEM_CHARS,
+    MAX_PROBLEMS,
     STACKS_DIR_ENV,
     StackFileError,
     load_stack,
@@ -61,7 +67,7 @@ BASE: dict[str, Any] = {
     ],
     "migration": {"tool": "alembic", "service": "api", "command": ["alembic", "upgrade", "head"]},
     "backup": {
-        "local_dir": "/var/backups/shop",
+        "local_dir": "/var/backups/opsflow/shop",
         "sources": {
             "postgres": [
                 {"name": "shop", "conn_id": "shop_postgres", "service": "db", "database": "shop"}
@@ -384,6 +390,114 @@ BAD_VALUES: list[tuple[str, Callable[[dict[str, Any]], object], list[str]]] = [
         _set("services.0.ports", "8080"),
         ["services[0].ports: Input should be a valid list (got '8080')"],
     ),
+    # Values that could do harm or can never work (issue 10, item 7).
+    (
+        "gate timeout of zero",
+        _set("health_gate", {"timeout": "0s"}),
+        ["health_gate.timeout: must be longer than 0 (use e.g. 30s, 5m) (got '0s')"],
+    ),
+    (
+        "gate interval of zero",
+        _set("health_gate", {"interval": 0}),
+        ["health_gate.interval: must be longer than 0 (use e.g. 30s, 5m) (got 0)"],
+    ),
+    (
+        "negative gate interval",
+        _set("health_gate", {"interval": -5}),
+        ["health_gate.interval: must be longer than 0", "(got -5)"],
+    ),
+    (
+        "negative check timeout",
+        _set("services.0.health.0.timeout", -1),
+        ["services[0].health[0].timeout: must be longer than 0", "(got -1)"],
+    ),
+    (
+        "image with an option in it",
+        _set("services.0.image", "api --privileged"),
+        ["services[0].image: not a Docker image reference", "(got 'api --privileged')"],
+    ),
+    (
+        "image with a newline",
+        _set("services.1.image", "postgres:15\n"),
+        ["services[1].image: not a Docker image reference", "(got 'postgres:15\\n')"],
+    ),
+    (
+        "verify image that is no reference",
+        _set("backup.sources.postgres.0.verify_image", "UPPER CASE"),
+        ["backup.sources.postgres[0].verify_image: not a Docker image reference"],
+    ),
+    (
+        "conn_id that is a path",
+        _set("services.1.health.0.conn_id", "../../x"),
+        ["services[1].health[0].conn_id: not a plain Airflow connection id", "(got '../../x')"],
+    ),
+    (
+        "conn_id of a backup source starting with a dot",
+        _set("backup.sources.postgres.0.conn_id", ".hidden"),
+        ["backup.sources.postgres[0].conn_id: not a plain Airflow connection id"],
+    ),
+    (
+        "conn_id of an alert route with a template",
+        _set("alerts", [{"kind": "webhook", "conn_id": "{{ var.value.x }}"}]),
+        ["alerts[0].conn_id: not a plain Airflow connection id"],
+    ),
+    (
+        "port that is a word",
+        _set("services.0.ports", ["eighty"]),
+        ["services[0].ports[0]: not a Compose port", "(got 'eighty')"],
+    ),
+    (
+        "published port out of range",
+        _set("services.0.ports", ["8080:80", "127.0.0.1:70000:80"]),
+        ["services[0].ports[1]: not a Compose port", "(got '127.0.0.1:70000:80')"],
+    ),
+    (
+        "port with an unknown protocol",
+        _set("services.0.ports", ["53:53/dns"]),
+        ["services[0].ports[0]: not a Compose port", "(got '53:53/dns')"],
+    ),
+    (
+        "down_safe_for that matches every version",
+        _set("migration.down_safe_for", ["2.4.*", "*"]),
+        ["migration.down_safe_for[1]: matches every version", "(got '*')"],
+    ),
+    (
+        "down_safe_for of wildcards only",
+        _set("migration.down_safe_for", ["**", "?*", "[0-9]*"]),
+        [
+            "migration.down_safe_for[0]: matches every version",
+            "migration.down_safe_for[1]: matches every version",
+            "migration.down_safe_for[2]: matches every version",
+        ],
+    ),
+    (
+        "health URL at the metadata address",
+        _set("services.0.health.0.url", "http://169.254.169.254/latest/meta-data/"),
+        [
+            "services[0].health[0].url: 169.254.169.254 is link-local",
+            "(got 'http://169.254.169.254/latest/meta-data/')",
+        ],
+    ),
+    (
+        "health URL at the metadata address spelled as a number",
+        _set("services.0.health.0.url", "http://2852039166/"),
+        ["services[0].health[0].url: 2852039166 is link-local"],
+    ),
+    (
+        "health URL at an IPv6 link-local address",
+        _set("services.0.health.0.url", "http://[fe80::1]:8080/health"),
+        ["services[0].health[0].url: fe80::1 is link-local"],
+    ),
+    (
+        "tcp check of a link-local host",
+        _set("services.1.health", [{"kind": "tcp", "host": "169.254.10.1", "port": 80}]),
+        ["services[1].health[0].host: 169.254.10.1 is link-local", "(got '169.254.10.1')"],
+    ),
+    (
+        "grpc check of a link-local target",
+        _set("services.1.health", [{"kind": "grpc", "target": "169.254.169.254:50051"}]),
+        ["services[1].health[0].target: 169.254.169.254 is link-local"],
+    ),
 ]
 
 
@@ -485,6 +599,132 @@ def test_missing_file_is_a_stack_file_error(tmp_path: Path) -> None:
 def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
     text = "name: !!python/object/apply:os.system ['true']\n"
     assert "not valid YAML" in problems_of(write(tmp_path, "shop", text))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("services.0.ports", ["80", "127.0.0.1::5000", "[::1]:8080:80", "6831:6831/udp",
+                              "9000-9001:9000-9001", "9090-9091:8080/tcp"]),
+        ("services.1.image", "registry.example.com:5000/team/postgres:15.4-alpine"),
+        ("services.1.image", "pgvector/pgvector@sha256:" + "a" * 64),
+        ("services.1.health.0.conn_id", "shop.postgres-primary_1"),
+        ("migration.down_safe_for", ["2.4.*", "*-hotfix", "2.5.?"]),
+        ("services.0.health.0.url", "http://db.internal:8080/health"),
+        ("health_gate", {"interval": "250ms", "timeout": 1}),
+    ],
+)  # fmt: skip
+def test_ordinary_values_stay_accepted(field: str, value: Any) -> None:
+    stack = parse_stack(stack_data(_set(field, value)), Path("shop.yaml"))
+    assert stack.name == "shop"
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+@pytest.fixture
+def hang_guard() -> Iterator[None]:
+    """Turn a hang into a failure after 10 s (how fast is for the benchmarks to say)."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError("loading the stack file hung for 10 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def billion_laughs() -> str:
+    """Nine levels of ten aliases, anchored in one flow list: 10**9 strings once expanded,
+    about 600 bytes as written. ``*i`` names the last level."""
+    levels = ["&a [" + ", ".join(['"lol"'] * 10) + "]"]
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        levels.append(f"&{level} [{', '.join([f'*{previous}'] * 10)}]")
+    return "[" + ", ".join(levels) + "]"
+
+
+def bounded(message: str) -> None:
+    assert len(message) < 500 + MAX_PROBLEMS * (MAX_PROBLEM_CHARS + 5), len(message)
+
+
+@pytest.mark.usefixtures("hang_guard")
+def test_an_alias_bomb_in_an_extra_key_is_refused_before_validation(tmp_path: Path) -> None:
+    text = yaml.safe_dump(stack_data(), sort_keys=False) + f"x-lol: {billion_laughs()}\n"
+    message = problems_of(write(tmp_path, "shop", text))
+    assert f"(top level): more than {MAX_NODES} values once aliases are expanded" in message
+    assert "line " in message
+    bounded(message)
+
+
+@pytest.mark.usefixtures("hang_guard")
+def test_an_alias_bomb_in_tags_is_refused_before_validation(tmp_path: Path) -> None:
+    text = yaml.safe_dump(stack_data(), sort_keys=False) + f"tags: [{billion_laughs()}, *i]\n"
+    message = problems_of(write(tmp_path, "shop", text))
+    assert f"more than {MAX_NODES} values once aliases are expanded" in message
+    bounded(message)
+
+
+@pytest.mark.usefixtures("hang_guard")
+def test_a_50_mb_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "shop.yaml"
+    with path.open("wb") as out:
+        out.write(yaml.safe_dump(stack_data(), sort_keys=False).encode())
+        out.write(b"description: '" + b"x" * 50_000_000 + b"'\n")
+    message = problems_of(path)
+    assert f"(top level): the file is {path.stat().st_size} bytes, over the {MAX_FILE_BYTES}" in (
+        message
+    )
+
+
+@pytest.mark.usefixtures("hang_guard")
+def test_a_deeply_nested_file_is_refused(tmp_path: Path) -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    text = yaml.safe_dump(stack_data(), sort_keys=False) + f"description: {nested}\n"
+    message = problems_of(write(tmp_path, "shop", text))
+    assert f"(top level): nested deeper than {MAX_DEPTH} levels (line " in message
+    bounded(message)
+
+
+@pytest.mark.usefixtures("hang_guard")
+def test_aliases_that_nest_deeper_than_the_limit_or_contain_themselves_are_refused(
+    tmp_path: Path,
+) -> None:
+    chain = "x0: &a0 [1]\n" + "".join(f"x{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 100))
+    base = yaml.safe_dump(stack_data(), sort_keys=False)
+    deep = problems_of(write(tmp_path, "shop", base + chain))
+    assert f"nested deeper than {MAX_DEPTH} levels once aliases are expanded" in deep
+    looped = problems_of(write(tmp_path, "shop", base + "tags: &r [*r]\n"))
+    assert "(top level): an alias refers to a value that contains it" in looped
+
+
+def test_a_file_that_is_not_utf8_names_the_byte_offset(tmp_path: Path) -> None:
+    head = yaml.safe_dump(stack_data(), sort_keys=False).encode()
+    path = tmp_path / "shop.yaml"
+    path.write_bytes(head + b"description: caf\xe9\n")
+    with pytest.raises(StackFileError) as info:
+        load_stack_file(path)
+    (problem,) = info.value.problems
+    offset = len(head) + len(b"description: caf")
+    assert problem.startswith(f"(top level): not UTF-8: byte 0xe9 at byte offset {offset} (line ")
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.usefixtures("hang_guard")
+def test_thousands_of_bad_values_give_a_bounded_message(tmp_path: Path) -> None:
+    data = stack_data(_set("tags", [[n] for n in range(5000)]))
+    data["description"] = ["x" * 100_000]
+    with pytest.raises(StackFileError) as info:
+        load_stack_file(write(tmp_path, "shop", data))
+    problems = info.value.problems
+    assert len(problems) == MAX_PROBLEMS + 1
+    assert problems[-1] == f"... and {5001 - MAX_PROBLEMS} more problems"
+    assert all(len(p) <= MAX_PROBLEM_CHARS for p in problems)
+    bounded(str(info.value))
 
 
 # ------------------------------------------------------------------------------ directory

@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
 
-from conftest import GrpcHealthServer, SwitchableHealthServer, free_port
+from conftest import GrpcHealthServer, SwitchableHealthServer, free_port, service_unavailable
 from opsflow.stack.model import GrpcCheck, HealthCheck, HttpCheck, PostgresCheck, TcpCheck
 from opsflow.triggers.checks import (
+    BODY_EXCERPT_LIMIT,
     CheckResult,
     ComposeContext,
     check_from_data,
@@ -21,6 +31,7 @@ from opsflow.triggers.checks import (
     check_to_data,
     parse_compose_ps,
     run_check,
+    scrub,
 )
 from opsflow.triggers.health import HealthGateTrigger
 
@@ -146,6 +157,136 @@ def test_http_connection_refused_is_a_result() -> None:
     assert not result.ok
     assert result.detail.startswith("ClientConnectorError: ")
     assert "\n" not in result.detail
+
+
+@pytest.fixture
+def leaky_server() -> Iterator[tuple[str, str]]:
+    """An endpoint that fails with a long body full of secrets; yields (url, masked secret).
+
+    The masked secret is registered with Airflow's secrets masker, as a connection's
+    password is in the triggerer, and appears in the body where no pattern would catch it.
+    """
+    masked = f"correct-horse-{secrets.token_hex(6)}"
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(masked)
+    body = (
+        '{"error": "db down", "password": "hunter2", '
+        '"dsn": "postgres://app:s3cr3t@db:5432/app", "api_key": "AKIAABCDEFGHIJKLMNOP", '
+        f'"note": "{masked}", "header": "Authorization: Bearer abc.def.ghi", '
+        '"trace": "' + "x" * 20_000 + '"}'
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/health", masked
+    finally:
+        server.shutdown()
+
+
+def test_a_failing_body_is_reported_as_a_short_scrubbed_excerpt(
+    leaky_server: tuple[str, str],
+) -> None:
+    url, masked = leaky_server
+    result = probe(check(kind="http", url=url))
+
+    assert not result.ok
+    head = "status 500, expected [200]: "
+    assert result.detail.startswith(head + '{"error": "db down", "password": ***')
+    excerpt = result.detail.removeprefix(head)
+    assert len(excerpt) <= BODY_EXCERPT_LIMIT
+    for secret in ("hunter2", "s3cr3t", "AKIAABCDEFGHIJKLMNOP", masked, "abc.def.ghi"):
+        assert secret not in result.detail, result.detail
+    assert "postgres://***@db:5432/app" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("password=hunter2&user=bob", "password=***&user=bob"),
+        ('{"db_password": "hunter 2", "ok": 1}', '{"db_password": ***, "ok": 1}'),
+        ("token: abc123 status: up", "token: *** status: up"),
+        ("Authorization: Bearer eyJhbGciOi.eyJzdWIi.c2ln", "Authorization: *** ***"),
+        ("redis://:pa55word@cache:6379/0", "redis://***@cache:6379/0"),
+        ("secret_key='x y' author: bob", "secret_key=*** author: bob"),
+    ],
+)
+def test_scrub_replaces_what_looks_like_a_secret(text: str, expected: str) -> None:
+    assert scrub(text) == expected
+
+
+# --------------------------------------------------------------------------- link-local
+
+ISOLATED_PROBES = """
+import asyncio, json
+from datetime import timedelta
+from opsflow.stack.model import GrpcCheck, HttpCheck, TcpCheck
+from opsflow.triggers.checks import run_check
+
+seconds = timedelta(seconds=2)
+checks = [
+    HttpCheck(kind="http", url="http://metadata.test/latest/meta-data/", timeout=2),
+    TcpCheck(kind="tcp", host="metadata.test", port=80, timeout=2),
+    GrpcCheck(kind="grpc", target="metadata.test:50051", timeout=2),
+    HttpCheck(kind="http", url="http://metadata6.test:8080/", timeout=2),
+    # As if a check reached the triggerer without the loader (built in code).
+    HttpCheck.model_construct(kind="http", url="http://169.254.169.254/", method="GET",
+                              expect_status=[200], expect_json={}, timeout=seconds),
+    TcpCheck.model_construct(kind="tcp", host="169.254.169.254", port=80, timeout=seconds),
+    HttpCheck(kind="http", url="http://ordinary.test:1/", timeout=2),
+]
+print(json.dumps([asyncio.run(run_check(c)).to_dict() for c in checks]))
+"""
+
+
+def run_isolated(script: str, hosts: str, tmp_path: Path) -> Any:
+    """Run ``script`` with its own /etc/hosts and no network at all (mount and network
+    namespaces), so names resolve through the real resolver and no packet can leave."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        service_unavailable("resolving names in a private /etc/hosts needs root and unshare")
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text(hosts)
+    plugins = Path(__file__).resolve().parents[2] / "plugins"
+    argv = ["unshare", "--mount", "--net", "sh", "-ec",
+            'mount --bind "$1" /etc/hosts; exec "$2" -c "$3"',
+            "sh", str(hosts_file), sys.executable, script]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(plugins)}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_names_that_resolve_to_link_local_addresses_are_never_probed(tmp_path: Path) -> None:
+    hosts = (
+        "127.0.0.1 localhost\n169.254.169.254 metadata.test\nfe80::1 metadata6.test\n"
+        "127.0.0.1 ordinary.test\n"
+    )
+    results = run_isolated(ISOLATED_PROBES, hosts, tmp_path)
+    details = [r["detail"] for r in results]
+    assert all(not r["ok"] for r in results), results
+    reason = "which is link-local (169.254.0.0/16 or fe80::/10"
+    assert details[0].startswith("refused: metadata.test resolves to 169.254.169.254, " + reason)
+    assert details[1].startswith("refused: metadata.test resolves to 169.254.169.254, " + reason)
+    assert details[2].startswith("refused: metadata.test resolves to 169.254.169.254, " + reason)
+    assert details[3].startswith("refused: metadata6.test resolves to fe80::1, " + reason)
+    assert details[4].startswith("refused: 169.254.169.254 is link-local")
+    assert details[5].startswith("refused: 169.254.169.254 is link-local")
+    # An ordinary name is probed (and fails here: this namespace has no network).
+    assert not details[6].startswith("refused"), details[6]
 
 
 # --------------------------------------------------------------------------- tcp / grpc

@@ -2,7 +2,10 @@
 
 The tar is streamed straight into zstd: files are read in chunks and hashed on the way, so
 memory does not grow with their size. Symlinks are stored as symlinks, never followed (a
-link to ``/etc`` must not pull ``/etc`` into the backup). Env files hold secrets: the
+link to ``/etc`` must not pull ``/etc`` into the backup), and a path whose directories
+resolve into a system directory is refused when dumped or restored
+(:func:`opsflow.stack.safety.run_time_problem`), whatever the stack file said when it was
+loaded. Env files hold secrets: the
 artifact is written 0600 by the pipeline. The tar helpers here are shared with
 :mod:`opsflow.backup.buckets`, whose object mirror is a tar of the same shape.
 """
@@ -32,6 +35,7 @@ from opsflow.backup.manifest import (
 )
 from opsflow.backup.stream import CHUNK, ArtifactCorrupt, check_artifact
 from opsflow.paths import fsync_dir
+from opsflow.stack.safety import run_time_problem
 
 # A verification names every difference, but a million of them would not fit a manifest.
 MAX_LISTED = 50
@@ -183,6 +187,17 @@ def _check_archive_name(name: str) -> str:
     return str(path)
 
 
+def _refuse_system_path(what: str, path: Path) -> None:
+    """Refuse ``path`` when its directories resolve into a system directory (or it is one).
+
+    The last component is not followed: a symlink is stored and restored as a link.
+    """
+    parent = Path(os.path.realpath(path.parent))
+    problem = run_time_problem(path, str(parent / path.name) if path.name else str(parent))
+    if problem is not None:
+        raise BackupError(f"{what}: refused: {problem}")
+
+
 def _walk(archive_name: str, host_path: Path) -> Iterator[tuple[str, Path]]:
     """``(member name, host path)`` of a path and, for a directory, everything below it."""
     yield archive_name, host_path
@@ -205,6 +220,7 @@ def dump_files(
         if archive_name in seen:
             raise BackupError(f"config file archive name given twice: {archive_name!r}")
         seen.add(archive_name)
+        _refuse_system_path(f"config file {archive_name}", host_path)
         if not os.path.lexists(host_path):
             raise BackupError(f"config file {archive_name}: {host_path} does not exist")
     files: dict[str, str] = {}
@@ -359,6 +375,8 @@ def restore_files(
     ]
     if unknown:
         raise BackupError(f"backup source {backup.name} has no file {', '.join(sorted(unknown))}")
+    for name, target in targets.items():
+        _refuse_system_path(f"restore of {name}", target)
     check_artifact(artifact_path, single_artifact(backup))
     written: list[str] = []
     total = [0]
@@ -369,6 +387,8 @@ def restore_files(
                 target = _select(member.name, targets)
                 if target is None or not (member.isfile() or member.issym()):
                     continue
+                # A directory below the target may have become a symlink since the check.
+                _refuse_system_path(f"restore of {member.name}", target)
                 if member.issym():
                     _write_symlink(member.linkname, target)
                 else:

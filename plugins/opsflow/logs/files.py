@@ -2,7 +2,10 @@
 
 The engine walks with directory file descriptors (``openat`` with ``O_NOFOLLOW``, ``scandir``
 on the descriptor, ``*at`` calls with ``dir_fd``), so no symlink is ever followed and nothing
-outside the root can be reached, even if a directory is swapped for a symlink mid-run. The
+outside the root can be reached, even if a directory is swapped for a symlink mid-run. Where
+the opened root really is (its descriptor's path, every symlink resolved) is checked against
+:mod:`opsflow.stack.safety` before anything is read: a root that is, contains or lies in a
+system directory is refused, however it came to point there. The
 walk streams: per directory it keeps only the names of its subdirectories, so memory depends
 on the depth and width of one path, not on the size of the tree. A dry run makes exactly the
 same decisions (it compresses into a byte counter to know the compressed sizes) and changes
@@ -26,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
+
+from opsflow.stack.safety import run_time_problem
 
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".xz", ".bz2")
 TMP_SUFFIX = ".opsflow-tmp"
@@ -210,8 +215,9 @@ def clean_root(
 ) -> RootReport:
     """Apply ``rule`` to the files under ``root``; never raises for filesystem trouble.
 
-    A missing root gives status ``missing``; a root that is a symlink or cannot be read,
-    or any entry that cannot be read or changed, gives status ``error`` (the run goes on).
+    A missing root gives status ``missing``; a root that is a symlink, cannot be read or
+    really is a system directory (``/``, ``/etc``, ``/usr/share``, ...), or any entry that
+    cannot be read or changed, gives status ``error`` (the run goes on).
     """
     report = RootReport(root=str(root), status="ok", dry_run=dry_run)
     say = log if log is not None else _ignore
@@ -228,6 +234,12 @@ def clean_root(
         say(f"ERROR: log root {root}: {report.error}")
         return report
     try:
+        refused = _refused_root(root, fd)
+        if refused is not None:
+            report.status = "error"
+            report.error = refused
+            say(f"ERROR: log root {root}: {refused}")
+            return report
         cleaner = _Cleaner(
             report,
             rule,
@@ -249,6 +261,16 @@ def clean_root(
 
 def _ignore(_: str) -> None:
     return None
+
+
+def _refused_root(root: Path, fd: int) -> str | None:
+    """Why the opened root must not be cleaned: where its descriptor really points decides."""
+    try:
+        real: str | None = str(Path(f"/proc/self/fd/{fd}").readlink())
+    except OSError:
+        real = None  # no /proc: resolve the path instead
+    problem = run_time_problem(root, real)
+    return None if problem is None else f"refused: {problem}"
 
 
 def _root_error(root: Path, exc: OSError) -> str:

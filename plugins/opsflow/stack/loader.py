@@ -2,11 +2,18 @@
 
 A bad file raises :class:`StackFileError` naming the file, each field path and the bad
 value; callers decide whether that breaks one DAG file (DAG parsing) or a whole command.
+
+Files are read at DAG-parse time, so a hostile or broken file must fail fast and small: the
+size, the nesting depth and the number of values after YAML aliases are expanded are
+limited before any Python object is built (a "billion laughs" file is a few hundred bytes
+of aliases), and every message is bounded in length.
 """
 
 from __future__ import annotations
 
 import os
+import reprlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,20 +21,45 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from opsflow.stack.model import AirflowMaintenance, Stack
+from opsflow.stack.safety import stack_path_problems
 
 STACKS_DIR_ENV = "OPSFLOW_STACKS_DIR"
 MAINTENANCE_FILE_ENV = "OPSFLOW_AIRFLOW_MAINTENANCE"
 _REPO_ROOT = Path(__file__).resolve().parents[3]
 
+MAX_FILE_BYTES = 1 << 20
+"""Largest stack file read (1 MiB; the shipped ones are under 10 kB)."""
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists, counted through aliases."""
+MAX_NODES = 20_000
+"""Most YAML values (scalars, lists, mappings), also once every alias is expanded (the
+shipped files have under 700)."""
+MAX_PROBLEMS = 20
+"""Problems listed in one error; the rest are counted."""
+MAX_PROBLEM_CHARS = 400
+"""Longest problem line; longer ones are cut."""
+
+
+def _clip(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class StackFileError(ValueError):
-    """A stack file that cannot be used; the message lists every problem found."""
+    """A stack file that cannot be used; the message lists every problem found.
 
-    def __init__(self, path: Path, problems: list[str]) -> None:
+    At most :data:`MAX_PROBLEMS` lines of at most :data:`MAX_PROBLEM_CHARS` characters each
+    are kept, so a file with a million bad values still gives a readable import error.
+    """
+
+    def __init__(self, path: Path, problems: list[str], unlisted: int = 0) -> None:
         self.path = path
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid stack file {path}:\n{lines}")
+        kept = [_clip(p) for p in problems[:MAX_PROBLEMS]]
+        unlisted += max(0, len(problems) - MAX_PROBLEMS)
+        if unlisted:
+            kept.append(f"... and {unlisted} more problems")
+        self.problems = kept
+        lines = "\n".join(f"  - {p}" for p in kept)
+        super().__init__(f"invalid stack file {_clip(str(path), 1000)}:\n{lines}")
 
 
 def stacks_dir() -> Path:
@@ -40,8 +72,47 @@ def stack_path(name: str, directory: Path | None = None) -> Path:
     return (directory or stacks_dir()) / f"{name}.yaml"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe loader that refuses duplicate keys, which plain YAML resolves silently."""
+class _LimitExceeded(yaml.YAMLError):
+    """The document is too deep or expands to too many values; ``mark`` says where."""
+
+    def __init__(self, message: str, mark: yaml.Mark | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+
+    def __str__(self) -> str:
+        where = f" (line {self.mark.line + 1}, column {self.mark.column + 1})" if self.mark else ""
+        return f"{self.message}{where}"
+
+
+class _LimitedComposer(yaml.composer.Composer):
+    """Composer that stops at :data:`MAX_DEPTH` levels (it recurses per level) and at
+    :data:`MAX_NODES` values, so neither a deep nor a huge file is composed to the end."""
+
+    _depth = 0
+    _nodes = 0
+    check_event: Callable[..., bool]  # from the parser it is mixed with
+    peek_event: Callable[[], Any]
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _LimitExceeded(f"more than {MAX_NODES} values", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _LimitExceeded(
+                    f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+
+class _UniqueKeyConstructor(yaml.constructor.SafeConstructor):
+    """Safe constructor that refuses duplicate keys, which plain YAML resolves silently."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -60,6 +131,98 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+class _PythonLoader(
+    yaml.reader.Reader,
+    yaml.scanner.Scanner,
+    yaml.parser.Parser,
+    _LimitedComposer,
+    _UniqueKeyConstructor,
+    yaml.resolver.Resolver,
+):
+    """The pure-Python safe loader with the limits and the duplicate-key check."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        _LimitedComposer.__init__(self)
+        _UniqueKeyConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+
+
+def _make_loader() -> Any:
+    """The loader class: libyaml's parser for the events when PyYAML has it (about five
+    times faster), composed and constructed in Python all the same (libyaml's own composer
+    recurses in C without a depth limit)."""
+    try:
+        from yaml.cyaml import CParser  # type: ignore[attr-defined]
+    except ImportError:
+        return _PythonLoader
+
+    class _CLoader(_LimitedComposer, CParser, _UniqueKeyConstructor, yaml.resolver.Resolver):  # type: ignore[misc, valid-type]
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            _LimitedComposer.__init__(self)
+            _UniqueKeyConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+    return _CLoader
+
+
+_StackLoader = _make_loader()
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past :data:`MAX_NODES` values or
+    :data:`MAX_DEPTH` levels, or that contains itself, before anything is constructed.
+
+    The composed graph shares the node of an anchor between its aliases, so this walk
+    memoises each node's expanded size and height and costs one visit per distinct node.
+    """
+    sizes: dict[int, tuple[int, int]] = {}
+    active: set[int] = set()
+
+    def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        known = sizes.get(key)
+        if known is None:
+            if key in active:
+                raise _LimitExceeded("an alias refers to a value that contains it", node.start_mark)
+            if depth > MAX_DEPTH:
+                raise _LimitExceeded(
+                    f"nested deeper than {MAX_DEPTH} levels once aliases are expanded",
+                    node.start_mark,
+                )
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            active.add(key)
+            size, height = 1, 1
+            for child in children:
+                child_size, child_height = visit(child, depth + 1)
+                size += child_size
+                height = max(height, child_height + 1)
+                if size > MAX_NODES:
+                    raise _LimitExceeded(
+                        f"more than {MAX_NODES} values once aliases are expanded (an alias bomb?)",
+                        node.start_mark,
+                    )
+            active.discard(key)
+            known = sizes[key] = (size, height)
+        if depth + known[1] - 1 > MAX_DEPTH:
+            raise _LimitExceeded(
+                f"nested deeper than {MAX_DEPTH} levels once aliases are expanded",
+                node.start_mark,
+            )
+        return known
+
+    total, _height = visit(root, 1)
+    if total > MAX_NODES:
+        raise _LimitExceeded(f"more than {MAX_NODES} values", root.start_mark)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -95,6 +258,16 @@ def _clean_loc(loc: tuple[int | str, ...], data: Any) -> tuple[int | str, ...]:
     return tuple(kept)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 4, 8, 8, 8
+_REPR.maxdict, _REPR.maxstring, _REPR.maxother = 8, 300, 300
+
+
+def _short_repr(value: Any) -> str:
+    """``repr`` whose cost and length are bounded (values may share aliased structure)."""
+    return _REPR.repr(value)
+
+
 def _describe(error: Any, data: Any) -> str:
     loc = _clean_loc(tuple(error["loc"]), data)
     message = error["msg"]
@@ -107,12 +280,13 @@ def _describe(error: Any, data: Any) -> str:
     message = message.removeprefix("Value error, ")
     # No "(got ...)" when it adds nothing: a missing key, a message that already quotes
     # the value, or a rule about a whole mapping (the message says what is wrong with it).
+    message = _clip(message, 300)
     redundant = (
         error["type"] == "missing"
-        or (isinstance(value, str) and repr(value) in message)
+        or (isinstance(value, str) and len(value) < 1000 and repr(value) in message)
         or (error["type"] == "value_error" and isinstance(value, dict))
     )
-    shown = "" if redundant else f" (got {value!r})"
+    shown = "" if redundant else f" (got {_short_repr(value)})"
     if len(shown) > 200:
         shown = shown[:197] + "...)"
     return f"{_field_path(loc)}: {message}{shown}"
@@ -129,7 +303,9 @@ def _validate(model: type[M], data: Any, path: Path) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise StackFileError(path, [_describe(e, data) for e in exc.errors()]) from None
+        errors = exc.errors(include_url=False)
+        problems = [_describe(e, data) for e in errors[:MAX_PROBLEMS]]
+        raise StackFileError(path, problems, len(errors) - len(problems)) from None
 
 
 def parse_stack(data: Any, path: Path) -> Stack:
@@ -139,18 +315,58 @@ def parse_stack(data: Any, path: Path) -> Stack:
         raise StackFileError(
             path, [f"name: must equal the file name {path.stem!r} (got {stack.name!r})"]
         )
+    problems = stack_path_problems(stack, path.parent)
+    if problems:
+        raise StackFileError(path, problems)
     return stack
 
 
-def _read_yaml(path: Path) -> Any:
+def _read_text(path: Path) -> str:
+    """The file as text: at most :data:`MAX_FILE_BYTES`, UTF-8 (an error names the offset)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise StackFileError(
+                path, [f"(top level): the file is {size} bytes, over the {MAX_FILE_BYTES} limit"]
+            )
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise StackFileError(path, [f"cannot read: {exc.strerror or exc}"]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise StackFileError(
+            path, [f"(top level): the file is over the {MAX_FILE_BYTES} bytes limit"]
+        )
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise StackFileError(
+            path,
+            [
+                f"(top level): not UTF-8: byte 0x{data[exc.start]:02x} at byte offset "
+                f"{exc.start} (line {line}) is {exc.reason}"
+            ],
+        ) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    text = _read_text(path)
+    loader = _StackLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    except _LimitExceeded as exc:
+        raise StackFileError(path, [f"(top level): {exc}"]) from None
     except yaml.YAMLError as exc:
         raise StackFileError(path, [f"not valid YAML: {exc}"]) from None
+    except RecursionError:
+        raise StackFileError(path, ["(top level): nested too deeply"]) from None
+    finally:
+        loader.dispose()
 
 
 def load_stack_file(path: Path) -> Stack:

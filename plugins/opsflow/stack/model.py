@@ -7,10 +7,12 @@ forbids unknown keys, so a typo in a stack file is an error rather than a silent
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -22,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from opsflow.stack.safety import link_local_problem
 
 STACK_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
 # Release versions end up in image tags and in argv; the same pattern guards the
@@ -60,9 +64,130 @@ def known_timezone(value: str) -> str:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+def _positive(value: timedelta) -> timedelta:
+    # A zero or negative timeout fails at once and a zero interval spins: never meant.
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0 (use e.g. 30s, 5m)")
+    return value
+
+
+# Airflow connection ids: the id of a row, never a path (``../../x``) or a template.
+_CONN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,249}")
+
+
+def _conn_id(value: str) -> str:
+    if not _CONN_ID.fullmatch(value):
+        raise ValueError(
+            "not a plain Airflow connection id (letters, digits, '_', '-', '.'; "
+            "not starting with '.'; at most 250 characters)"
+        )
+    return value
+
+
+# Docker's image reference grammar (github.com/distribution/reference, regexp.go):
+# [domain[:port]/]path-component[/path-component...][:tag][@digest], path lower case.
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_IMAGE_REFERENCE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?",
+    re.ASCII,
+)
+_NAME_MAX = 255
+
+
+def _image_reference(value: str) -> str:
+    found = _IMAGE_REFERENCE.fullmatch(value) if len(value) <= 512 else None
+    if found is None or len(found.group("name")) > _NAME_MAX:
+        raise ValueError(
+            "not a Docker image reference ([registry[:port]/]name[:tag][@digest]; the name "
+            "in lower case, no spaces or options)"
+        )
+    return value
+
+
+_PORT_RANGE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?", re.ASCII)
+_PORT_SYNTAX = (
+    "[[ip:]host:]container[/tcp|udp|sctp], e.g. '127.0.0.1:8080:80' or '9000-9001:9000-9001'"
+)
+
+
+def _port_range(text: str) -> tuple[int, int] | None:
+    found = _PORT_RANGE.fullmatch(text)
+    if found is None:
+        return None
+    low = int(found.group(1))
+    high = int(found.group(2) or low)
+    return (low, high) if 1 <= low <= high <= 65535 else None
+
+
+def _split_port(body: str) -> tuple[str | None, str | None, str] | None:
+    """``(ip, host, container)`` of ``[ip:][host:]container`` (IPv6 bracketed or bare)."""
+    if body.startswith("["):  # [::1]:8080:80
+        close = body.find("]")
+        rest = body[close + 1 :]
+        pieces = rest[1:].split(":")
+        if close < 0 or not rest.startswith(":") or len(pieces) != 2:
+            return None
+        return body[1:close], pieces[0], pieces[1]
+    parts = body.split(":")
+    if len(parts) <= 2:
+        return None, parts[0] if len(parts) == 2 else None, parts[-1]
+    return ":".join(parts[:-2]), parts[-2], parts[-1]
+
+
+def _compose_port(spec: str) -> str:
+    """A published port in Compose's short syntax (what ``docker compose`` accepts)."""
+    body, slash, protocol = spec.partition("/")
+    split = _split_port(body)
+    valid = split is not None and (not slash or protocol in ("tcp", "udp", "sctp"))
+    if split is not None and valid:
+        ip, host, container = split
+        inner = _port_range(container)
+        outer = _port_range(host) if host else None
+        # "127.0.0.1::80": an address with a random host port.
+        valid = inner is not None and (host is None or outer is not None or (not host and bool(ip)))
+        if valid and ip is not None:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                valid = False
+        if valid and inner and outer and inner[0] != inner[1]:
+            # A container range needs a host range of the same length.
+            valid = outer[1] - outer[0] == inner[1] - inner[0]
+    if not valid:
+        raise ValueError(f"not a Compose port ({_PORT_SYNTAX})")
+    return spec
+
+
+def _specific_pattern(pattern: str) -> str:
+    """A ``down_safe_for`` glob must name something: ``*``, ``?*`` or ``[0-9]*`` name all."""
+    literal = re.sub(r"\[[^\]]*\]", "", pattern).replace("*", "").replace("?", "")
+    if not literal:
+        raise ValueError(
+            "matches every version; a pattern needs at least one literal character (e.g. '2.4.*')"
+        )
+    return pattern
+
+
+def _probe_host(host: str) -> str:
+    problem = link_local_problem(host)
+    if problem is not None:
+        raise ValueError(problem)
+    return host
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
 Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
 Argv = Annotated[list[str], Field(min_length=1)]
+ConnId = Annotated[str, AfterValidator(_conn_id)]
+ImageReference = Annotated[str, AfterValidator(_image_reference)]
+ComposePort = Annotated[str, AfterValidator(_compose_port)]
+VersionPattern = Annotated[str, AfterValidator(_specific_pattern)]
 
 
 class Strict(BaseModel):
@@ -79,6 +204,25 @@ def _relative_path(value: str) -> str:
 
 
 RelativePath = Annotated[str, AfterValidator(_relative_path)]
+
+
+def _absolute_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if not path.is_absolute():
+        raise ValueError(f"must be an absolute path: {value!r}")
+    if ".." in path.parts:
+        raise ValueError(f"must not contain '..': {value!r}")
+    return value
+
+
+def _no_parent(value: str) -> str:
+    if not value or ".." in PurePosixPath(value).parts:
+        raise ValueError(f"must be a path without '..': {value!r}")
+    return value
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+PlainPath = Annotated[str, AfterValidator(_no_parent)]
 
 
 def stack_rule_error(path: str, message: str, value: Any) -> PydanticCustomError:
@@ -102,7 +246,7 @@ class ComposeRuntime(Strict):
     project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     working_dir: str = Field(description="relative to the stack file, or absolute")
     files: list[RelativePath] = Field(default_factory=lambda: ["docker-compose.yml"], min_length=1)
-    env_file: str | None = None
+    env_file: PlainPath | None = None
     images: Literal["build", "pull"] = "build"
     version_variable: str = Field(default="OPSFLOW_VERSION", pattern=r"^[A-Z_][A-Z0-9_]*$")
 
@@ -112,7 +256,7 @@ class KubernetesRuntime(Strict):
 
     kind: Literal["kubernetes"]
     namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    kube_conn_id: str = "kubernetes_default"
+    kube_conn_id: ConnId = "kubernetes_default"
     manifests: list[str] = Field(default_factory=list)
     deployments: list[str] = Field(default_factory=list)
 
@@ -137,10 +281,22 @@ class HttpCheck(Strict):
     def _status_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, int) else value
 
+    @field_validator("url")
+    @classmethod
+    def _url_host(cls, url: str) -> str:
+        try:
+            host = urlsplit(url).hostname
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
+        if not host:
+            raise ValueError("the URL names no host")
+        _probe_host(host)
+        return url
+
 
 class TcpCheck(Strict):
     kind: Literal["tcp"]
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_probe_host)] = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     timeout: Duration = timedelta(seconds=3)
 
@@ -149,7 +305,7 @@ class PostgresCheck(Strict):
     """``SELECT 1`` through an Airflow connection (credentials never in the stack file)."""
 
     kind: Literal["postgres"]
-    conn_id: str
+    conn_id: ConnId
     timeout: Duration = timedelta(seconds=5)
 
 
@@ -157,7 +313,7 @@ class RedisCheck(Strict):
     """Redis ``PING`` through an Airflow connection (host, port, password)."""
 
     kind: Literal["redis"]
-    conn_id: str
+    conn_id: ConnId
     timeout: Duration = timedelta(seconds=3)
 
 
@@ -168,6 +324,12 @@ class GrpcCheck(Strict):
     target: str = Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d+$")
     service: str = ""
     timeout: Duration = timedelta(seconds=5)
+
+    @field_validator("target")
+    @classmethod
+    def _target_host(cls, target: str) -> str:
+        _probe_host(target.rsplit(":", 1)[0])
+        return target
 
 
 class ContainerCheck(Strict):
@@ -205,11 +367,11 @@ class Service(Strict):
         "app", "worker", "gateway", "frontend", "database", "cache", "object_store", "other"
     ] = "app"
     # Image repository without tag; the runtime tags it with the release version.
-    image: str | None = None
+    image: ImageReference | None = None
     build: BuildSpec | None = None
     # Whether the image follows the release version (app code) or is pinned (postgres:15).
     versioned: bool = True
-    ports: list[str] = Field(default_factory=list)
+    ports: list[ComposePort] = Field(default_factory=list)
     health: list[HealthCheck] = Field(default_factory=list)
     # Services stopped while a restore rewrites the data they write.
     writes_data: bool = False
@@ -225,7 +387,7 @@ class Migration(Strict):
     down_command: list[str] | None = None
     # New-release versions (glob patterns) whose down_command is safe to run on rollback;
     # empty: a rollback across a migration always restores the pre-upgrade backup.
-    down_safe_for: list[str] = []
+    down_safe_for: list[VersionPattern] = []
     timeout: Duration = timedelta(minutes=10)
 
 
@@ -241,32 +403,32 @@ class PostgresSource(Strict):
     """One database, dumped with ``pg_dump -Fc`` and restored into a scratch server."""
 
     name: str = Field(pattern=SOURCE_NAME_PATTERN)
-    conn_id: str
+    conn_id: ConnId
     service: str | None = None
     database: str
     major_version: int | None = Field(default=None, ge=9, le=30)
     # Directory holding pg_dump/pg_restore; default: the newest /usr/lib/postgresql/*/bin.
     client_bin_dir: str | None = None
     # Image of the scratch server for restore verification; default: the service's image.
-    verify_image: str | None = None
+    verify_image: ImageReference | None = None
 
 
 class RedisSource(Strict):
     """One Redis server, saved as an RDB snapshot."""
 
     name: str = Field(pattern=SOURCE_NAME_PATTERN)
-    conn_id: str
+    conn_id: ConnId
     service: str | None = None
     # Image of the scratch server that loads the RDB; default: the service's image, or the
     # host's redis-server when there is no service.
-    verify_image: str | None = None
+    verify_image: ImageReference | None = None
 
 
 class BucketSource(Strict):
     """One S3-compatible bucket (MinIO in the seeds), mirrored with per-object checksums."""
 
     name: str = Field(pattern=SOURCE_NAME_PATTERN)
-    conn_id: str
+    conn_id: ConnId
     bucket: str
     prefix: str = ""
 
@@ -276,13 +438,13 @@ class BackupSources(Strict):
     redis: list[RedisSource] = Field(default_factory=list)
     buckets: list[BucketSource] = Field(default_factory=list)
     # Config files beyond the compose files, env file and stack file (always included).
-    files: list[str] = Field(default_factory=list)
+    files: list[PlainPath] = Field(default_factory=list)
 
 
 class S3Destination(Strict):
     """Offsite copy; the connection's ``endpoint_url`` extra allows any S3-compatible store."""
 
-    conn_id: str = "aws_default"
+    conn_id: ConnId = "aws_default"
     bucket: str
     prefix: str = ""
     sse: Literal["AES256", "aws:kms"] = "AES256"
@@ -296,7 +458,7 @@ class Retention(Strict):
 
 
 class Backup(Strict):
-    local_dir: str | None = None
+    local_dir: AbsolutePath | None = None
     s3: S3Destination | None = None
     compression_level: int = Field(default=3, ge=1, le=19)
     retention: Retention = Retention()
@@ -312,8 +474,6 @@ class Backup(Strict):
         )
         if has_sources and not (self.local_dir or self.s3):
             raise ValueError("backup has sources but neither local_dir nor s3 destination")
-        if self.local_dir and not PurePosixPath(self.local_dir).is_absolute():
-            raise ValueError(f"backup.local_dir must be an absolute path: {self.local_dir!r}")
         names = [source.name for source in self.database_sources] + [CONFIG_SOURCE]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -338,8 +498,9 @@ class Backup(Strict):
 class LogRoot(Strict):
     """A directory of log files: a host path, or the host path of a named volume."""
 
-    path: str | None = None
-    volume: str | None = None
+    path: AbsolutePath | None = None
+    # Docker volume names; a stack may only name its compose project's (``<project>_...``).
+    volume: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
     subdir: str = ""
     patterns: list[str] = Field(default_factory=lambda: ["*.log"], min_length=1)
     compress_after_days: int | None = Field(default=None, ge=0)
@@ -352,6 +513,13 @@ class LogRoot(Strict):
     def _one_location(self) -> LogRoot:
         if (self.path is None) == (self.volume is None):
             raise ValueError("a log root needs exactly one of path or volume")
+        subdir = PurePosixPath(self.subdir)
+        if self.subdir and (subdir.is_absolute() or ".." in subdir.parts):
+            raise stack_rule_error(
+                "subdir",
+                "must be a relative path inside its volume or path, without '..'",
+                self.subdir,
+            )
         for index, pattern in enumerate(self.patterns):
             if ".." in PurePosixPath(pattern).parts or pattern.startswith("/"):
                 raise stack_rule_error(
@@ -379,13 +547,13 @@ class SlackRoute(Strict):
     """Slack incoming webhook; the URL is the password of an Airflow connection."""
 
     kind: Literal["slack"]
-    conn_id: str
+    conn_id: ConnId
     channel: str | None = None
 
 
 class EmailRoute(Strict):
     kind: Literal["email"]
-    conn_id: str = "smtp_default"
+    conn_id: ConnId = "smtp_default"
     to: list[str] = Field(min_length=1)
 
     @field_validator("to")
@@ -401,7 +569,7 @@ class WebhookRoute(Strict):
     """Generic JSON POST to the URL of an Airflow HTTP connection."""
 
     kind: Literal["webhook"]
-    conn_id: str
+    conn_id: ConnId
 
 
 AlertRoute = Annotated[SlackRoute | EmailRoute | WebhookRoute, Field(discriminator="kind")]
@@ -470,6 +638,21 @@ class Stack(Strict):
             if name is not None and name not in seen:
                 raise stack_rule_error(
                     where, f"names an unknown service (known: {sorted(seen)})", name
+                )
+        for index, root in enumerate(self.logs.roots):
+            if root.volume is None:
+                continue
+            where = f"logs.roots[{index}].volume"
+            if not isinstance(self.runtime, ComposeRuntime):
+                raise stack_rule_error(
+                    where, "a volume log root needs the compose runtime", root.volume
+                )
+            if not root.volume.startswith(f"{self.runtime.project}_"):
+                raise stack_rule_error(
+                    where,
+                    "must be a named volume of the stack's compose project, named "
+                    f"'{self.runtime.project}_<name>'",
+                    root.volume,
                 )
         kinds = [self.runtime.kind]
         for index, variant in enumerate(self.variants):

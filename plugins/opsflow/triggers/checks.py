@@ -4,18 +4,29 @@ Every probe returns a :class:`CheckResult` and never raises: a failed probe, a t
 an unexpected error all become ``ok=False`` with the error's first line, so one broken
 check cannot abort a gate round. Client libraries are imported inside the probes because
 this module is imported (through the sensors) at DAG-parse time.
+
+A health URL or host that resolves to a link-local address (cloud metadata at
+169.254.169.254) is never probed: the stack loader refuses such literals, and the probes
+refuse names that resolve there. What a check reports comes from the service probed, so
+every detail is bounded and scrubbed of things that look like secrets before it travels
+in an event and into task logs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
+import re
+import reprlib
+import socket
 from collections.abc import Awaitable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter
 
@@ -29,11 +40,16 @@ from opsflow.stack.model import (
     RedisCheck,
     TcpCheck,
 )
+from opsflow.stack.safety import LINK_LOCAL_REASON, is_link_local, link_local_problem
 
 CONTAINER_CHECK_TIMEOUT = 15.0
 """Seconds a container check may take (``docker compose ps`` plus ``docker inspect``)."""
 
 _DETAIL_LIMIT = 300
+BODY_EXCERPT_LIMIT = 200
+"""Characters of a failing response body that are reported (after scrubbing)."""
+MAX_BODY_BYTES = 1 << 20
+"""Most bytes of a response body read; a JSON check of a larger body fails."""
 
 _CHECK_ADAPTER: TypeAdapter[HealthCheck] = TypeAdapter(HealthCheck)
 _CHECKS_ADAPTER: TypeAdapter[list[HealthCheck]] = TypeAdapter(list[HealthCheck])
@@ -166,9 +182,118 @@ def first_line(exc: BaseException) -> str:
     return _clip(message)
 
 
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 3] + "..."
+def _clip(text: str, limit: int = _DETAIL_LIMIT) -> str:
+    """One scrubbed line of at most ``limit`` characters (scrubbed before it is cut, so a
+    secret across the cut is still caught)."""
+    text = scrub(" ".join(text[: limit * 4].split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Secrets as services print them: URL userinfo, auth schemes, key=value and "key": "value"
+# pairs with a secret-sounding key, JWTs, AWS access key ids.
+_SENSITIVE_WORDS = "|".join(
+    ("password", "passwd", "pwd", "secret", "token", "api[_-]?key", "apikey", "access[_-]?key",
+     "private[_-]?key", "credential", "authorization", "session", "cookie", "signature")
+)  # fmt: skip
+_SENSITIVE_KEY = rf"[\"']?\b[\w.-]*(?:{_SENSITIVE_WORDS})[\w.-]*[\"']?\s*[:=]\s*"
+_QUOTED_OR_PLAIN = r"\"[^\"]*\"?|'[^']*'?|[^\s,;&}\]]+"
+_SCRUBS = (
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/\s:@]+(?::[^/\s@]*)?|:[^/\s@]*)@"), r"\1***@"),
+    (re.compile(r"(?i)\b(bearer|basic|token|digest)\s+[A-Za-z0-9._~+/=-]{4,}"), r"\1 ***"),
+    (re.compile(rf"(?i)({_SENSITIVE_KEY})(?:{_QUOTED_OR_PLAIN})"), r"\1***"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "***"),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "***"),
+)
+
+
+def _airflow_redact() -> Any:
+    """Airflow's secrets masker (it knows the connections' passwords), when importable."""
+    import importlib
+    import warnings
+
+    for module in (
+        "airflow.sdk._shared.secrets_masker",
+        "airflow.sdk.execution_time.secrets_masker",
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the second path is deprecated
+                return importlib.import_module(module).redact
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def scrub(text: str) -> str:
+    """``text`` with anything that looks like a secret replaced by ``***``."""
+    for pattern, replacement in _SCRUBS:
+        text = pattern.sub(replacement, text)
+    redact = _airflow_redact()
+    if redact is not None:
+        with contextlib.suppress(Exception):  # the regexes above already ran
+            text = str(redact(text))
+    return text
+
+
+def body_excerpt(body: bytes) -> str:
+    """At most :data:`BODY_EXCERPT_LIMIT` characters of a response body, scrubbed."""
+    return _clip(body[: BODY_EXCERPT_LIMIT * 8].decode("utf-8", "replace"), BODY_EXCERPT_LIMIT)
+
+
+_VALUE_REPR = reprlib.Repr()
+_VALUE_REPR.maxstring, _VALUE_REPR.maxother, _VALUE_REPR.maxlevel = 60, 60, 2
+
+
+# --------------------------------------------------------------------------- link-local
+
+
+async def resolved_refusal(host: str, port: int) -> str | None:
+    """Why ``host`` must not be probed: it is, or resolves to, a link-local address.
+
+    A name that does not resolve is left to the probe, which reports that itself.
+    """
+    problem = link_local_problem(host)
+    if problem is not None:
+        return f"refused: {problem}"
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if is_link_local(address):
+            return f"refused: {host} resolves to {address}, which {LINK_LOCAL_REASON}"
+    return None
+
+
+def _url_host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+_GUARDED_RESOLVER: Any = None
+
+
+def _guarded_resolver() -> Any:
+    """An aiohttp resolver that refuses link-local answers, so a name cannot be re-pointed
+    at one between the check above and the connection (DNS rebinding)."""
+    global _GUARDED_RESOLVER
+    if _GUARDED_RESOLVER is None:
+        import aiohttp
+
+        class GuardedResolver(aiohttp.ThreadedResolver):
+            async def resolve(
+                self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+            ) -> list[Any]:
+                found = await super().resolve(host, port, family)
+                for entry in found:
+                    address = ipaddress.ip_address(str(entry["host"]).split("%", 1)[0])
+                    if is_link_local(address):
+                        raise OSError(f"{host} resolves to {address}, which {LINK_LOCAL_REASON}")
+                return list(found)
+
+        _GUARDED_RESOLVER = GuardedResolver
+    return _GUARDED_RESOLVER()
 
 
 # --------------------------------------------------------------------------- http
@@ -191,18 +316,34 @@ def _json_path(document: Any, path: str) -> Any:
 async def check_http(check: HttpCheck) -> CheckResult:
     """Status in ``expect_status`` and every ``expect_json`` dotted path equal to its value."""
     name = check_name(check)
+    refusal = await resolved_refusal(*_url_host_port(check.url))
+    if refusal is not None:
+        return CheckResult(name, False, refusal)
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=check.timeout.total_seconds())
+    connector = aiohttp.TCPConnector(resolver=_guarded_resolver())
     async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
+        aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
         session.request(check.method, check.url) as response,
     ):
-        body = await response.read()
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BODY_BYTES:
+            chunk = await response.content.read(MAX_BODY_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        body = b"".join(chunks)
     if response.status not in check.expect_status:
-        snippet = _clip(body.decode("utf-8", "replace"))[:120]
+        snippet = body_excerpt(body)
         detail = f"status {response.status}, expected {check.expect_status}"
         return CheckResult(name, False, f"{detail}: {snippet}" if snippet else detail)
+    if check.expect_json and size > MAX_BODY_BYTES:
+        return CheckResult(
+            name, False, f"status {response.status} but the body is over {MAX_BODY_BYTES} bytes"
+        )
     if check.expect_json:
         try:
             document = json.loads(body)
@@ -214,7 +355,7 @@ async def check_http(check: HttpCheck) -> CheckResult:
             if actual is _MISSING:
                 wrong.append(f"{path} missing (expected {expected!r})")
             elif actual != expected:
-                wrong.append(f"{path} is {actual!r}, expected {expected!r}")
+                wrong.append(f"{path} is {_VALUE_REPR.repr(actual)}, expected {expected!r}")
         if wrong:
             return CheckResult(name, False, _clip("; ".join(wrong)))
     return CheckResult(name, True, f"status {response.status}")
@@ -224,12 +365,28 @@ async def check_http(check: HttpCheck) -> CheckResult:
 
 
 async def check_tcp(check: TcpCheck) -> CheckResult:
-    _reader, writer = await asyncio.open_connection(check.host, check.port)
+    """Connect to the addresses the host resolved to, after refusing link-local ones."""
+    name = check_name(check)
+    refusal = await resolved_refusal(check.host, check.port)
+    if refusal is not None:
+        return CheckResult(name, False, refusal)
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        check.host, check.port, type=socket.SOCK_STREAM
+    )
+    error: OSError | None = None
+    for info in infos:
+        try:
+            _reader, writer = await asyncio.open_connection(str(info[4][0]), check.port)
+            break
+        except OSError as exc:
+            error = error or exc
+    else:
+        raise error or OSError(f"{check.host} resolved to no address")
     writer.close()
     # The port accepted the connection, which is all this check asks.
     with contextlib.suppress(OSError):
         await writer.wait_closed()
-    return CheckResult(check_name(check), True, "connected")
+    return CheckResult(name, True, "connected")
 
 
 # --------------------------------------------------------------------------- postgres / redis
@@ -318,6 +475,10 @@ async def check_redis(check: RedisCheck) -> CheckResult:
 
 async def check_grpc(check: GrpcCheck) -> CheckResult:
     name = check_name(check)
+    host, _, port = check.target.rpartition(":")
+    refusal = await resolved_refusal(host.strip("[]"), int(port))
+    if refusal is not None:
+        return CheckResult(name, False, refusal)
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
