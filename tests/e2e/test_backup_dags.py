@@ -438,6 +438,26 @@ def test_damaged_artifact_is_refused_before_anything_is_touched(
     assert _quiet(table_digests(setup.deployment)) == _quiet(live_before)
 
 
+def test_a_restore_stopped_in_plan_records_the_running_release_and_the_backup(
+    setup: BackupSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opsflow.releases.ledger import Ledger
+
+    monkeypatch.setenv("OPSFLOW_STATE_DIR", setup.deployment.env["OPSFLOW_STATE_DIR"])
+    current = Ledger("demo").current()
+    assert current is not None, "the e2e stack was deployed through the ledger"
+    missing = "20000101T000000Z-000000"
+
+    result = setup.restore({"backup_id": missing, "sources": ["app_db"]})
+    out = _out(result)
+    assert result.returncode != 0, out[-6000:]
+    assert f"no usable backup {missing!r} of demo" in out
+    restores = [e for e in Ledger("demo").entries() if e.action == "restore"]
+    entry = restores[-1]
+    assert (entry.version, entry.backup_id) == (current.version, missing), entry
+    assert (entry.outcome, entry.failed_task) == ("failed", "plan")
+
+
 def test_s3_failing_mid_upload_publishes_no_offsite_manifest(
     faults: FaultWatch, bulk_table: None, smtp_server: SmtpCapture
 ) -> None:

@@ -108,7 +108,9 @@ class SourceBackup:
 class Manifest:
     backup_id: str
     stack: str
-    trigger: str  # scheduled | manual | pre-restore | pre-upgrade
+    # The run type of a backup run (scheduled | manual | backfill | asset_triggered ...),
+    # or why another workflow took it (pre-restore | pre-upgrade | pre-rollback).
+    trigger: str
     run_id: str
     started_at: str
     ended_at: str

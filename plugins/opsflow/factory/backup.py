@@ -16,6 +16,7 @@ from opsflow.operators.backup import (
     SourceDumpOperator,
     SourceVerifyOperator,
 )
+from opsflow.operators.steps import human_duration
 from opsflow.operators.summary import RunSummaryOperator
 from opsflow.stack.model import CONFIG_SOURCE, Stack
 
@@ -112,7 +113,7 @@ def build_backup_dag(stack: Stack) -> DAG:
         local_days=backup.retention.local_days,
         offsite_days=backup.retention.offsite_days,
         keep=backup.retention.keep_last_verified,
-        max_age=backup.max_age,
+        max_age=human_duration(backup.max_age),
         sources=", ".join(f"`{name}`" for name in names),
     )
     dry_run = "{{ params.dry_run }}"
@@ -127,7 +128,10 @@ def build_backup_dag(stack: Stack) -> DAG:
     ) as dag:
         common: dict[str, Any] = {"stack_name": stack.name, "dry_run": dry_run}
         plan = BackupPlanOperator(
-            task_id="plan", sources="{{ params.sources }}", verify="{{ params.verify }}", **common
+            task_id="plan",
+            sources="{{ params.sources | tojson }}",
+            verify="{{ params.verify }}",
+            **common,
         )
         source_tasks: dict[str, tuple[str, str]] = {}
         # Publish waits for dumps and verifications (a verification may be switched off).

@@ -106,7 +106,7 @@ def build_restore_dag(stack: Stack) -> DAG:
         plan = RestorePlanOperator(
             task_id="plan",
             backup_id="{{ params.backup_id }}",
-            sources="{{ params.sources }}",
+            sources="{{ params.sources | tojson }}",
             target_database="{{ params.target_database or '' }}",
             **common,
         )

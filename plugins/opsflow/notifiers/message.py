@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-ERROR_MAX_CHARS = 300
+ERROR_MAX_CHARS = 500
 EXTRA_LINE_MAX_CHARS = 500
 _ELLIPSIS = "…"
 # user:password@ inside any URL, e.g. a DSN echoed in a driver's error message.

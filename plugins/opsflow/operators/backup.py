@@ -7,6 +7,7 @@ skipped, so the run summary can tell a source that was not selected from one tha
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,10 +29,48 @@ from opsflow.operators.steps import (
     StepRecord,
     as_bool,
     human_bytes,
+    human_duration,
 )
 from opsflow.stack.loader import load_stack
 
 PLAN_TASK = "plan"
+
+
+def run_trigger(run_type: object) -> str:
+    """What started the run, for the manifest: the DagRun's run type as Airflow names it
+    (``scheduled``, ``manual``, ``backfill``, ``asset_triggered``...).
+
+    The task SDK's ``DagRunType`` is a str enum whose ``str()`` is ``DagRunType.SCHEDULED``,
+    so the value is read, never the text.
+    """
+    value = getattr(run_type, "value", run_type)
+    return str(value).strip().lower() if value else "unknown"
+
+
+def source_list(value: Any) -> list[str] | None:
+    """The ``sources`` param as the task receives it: a list, or (templates render as
+    strings) its JSON from ``{{ params.sources | tojson }}``. ``None``: none chosen."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or text == "None":
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise AirflowFailException(
+                f"sources must be a JSON list of source names, got {text[:200]!r}"
+            ) from None
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise AirflowFailException(f"sources must be a list of source names, got {value!r}")
+    return list(value)
+
+
+def is_plan(value: Any) -> bool:
+    """A finished plan; a restore plan that stopped early leaves only what ``record`` needs
+    (the backup id and the release), never the sources."""
+    return isinstance(value, dict) and "sources" in value
 
 
 class BackupStepOperator(StepOperator):
@@ -51,8 +90,9 @@ class BackupStepOperator(StepOperator):
 
     def plan(self, context: Context) -> dict[str, Any]:
         plan: dict[str, Any] | None = context["ti"].xcom_pull(task_ids=PLAN_TASK)
-        if not plan:
+        if not is_plan(plan):
             raise AirflowFailException("no backup plan from the plan task")
+        assert plan is not None
         return plan
 
 
@@ -74,15 +114,14 @@ class BackupPlanOperator(BackupStepOperator):
         if not backups.stack.backup.enabled:
             raise AirflowFailException(f"stack {self.stack_name} has no backup destination")
         known = backups.source_names()
-        wanted = list(self.sources) if isinstance(self.sources, list) else known
+        wanted = source_list(self.sources) or known
         unknown = sorted(set(wanted) - set(known))
         if unknown:
             raise AirflowFailException(f"unknown backup sources {unknown}; known: {known}")
         dag_run = context["dag_run"]
         started = getattr(dag_run, "run_after", None) or utcnow()
         backup_id = new_backup_id(started, context["run_id"])
-        scheduled = "scheduled" in str(dag_run.run_type)
-        trigger = self.trigger or ("scheduled" if scheduled else "manual")
+        trigger = self.trigger or run_trigger(dag_run.run_type)
         staging = backups.staging_root / ".staging" / backup_id
         if not record.dry_run:
             staging = backups.staging(backup_id)
@@ -252,7 +291,9 @@ class BackupFreshnessOperator(BackupStepOperator):
     def run(self, record: StepRecord, context: Context) -> list[str]:
         problems = self.backups.freshness()
         max_age = self.backups.stack.backup.max_age
-        record.lines = problems or [f"every source has a verified backup newer than {max_age}"]
+        record.lines = problems or [
+            f"every source has a verified backup newer than {human_duration(max_age)}"
+        ]
         if problems and not record.dry_run:
             raise AirflowFailException("stale backups: " + "; ".join(problems))
         return problems

@@ -96,9 +96,11 @@ class ComposeStepOperator(BaseOperator):
         try:
             result = self._runner.run(argv, timeout=self._timeout(project))
         except CommandFailed as failed:
+            # The first line is the step record's detail and the alert: it names the first
+            # error the tool printed (scrubbed, bounded), not its generic last words.
             raise AirflowException(
                 f"{self.step} of {self.stack_name} {record.version} failed: {failed.summary}\n"
-                f"$ {failed.result.command}\n" + "\n".join(failed.result.tail[-15:])
+                + failed.details
             ) from None
         finally:
             self._runner = None

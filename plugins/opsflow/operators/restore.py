@@ -17,12 +17,13 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from opsflow.backup.manifest import Manifest, check_backup_id, new_backup_id, utcnow
 from opsflow.backup.stream import check_artifact
-from opsflow.operators.backup import BackupStepOperator
+from opsflow.operators.backup import BackupStepOperator, is_plan, source_list
 from opsflow.operators.steps import StepRecord, human_bytes
-from opsflow.releases.ledger import current_and_previous
+from opsflow.releases.ledger import Ledger
 from opsflow.stack.model import PostgresSource
 
 PLAN_TASK = "plan"
+UNKNOWN_RELEASE = "unknown"
 
 
 class RestorePlanOperator(BackupStepOperator):
@@ -44,13 +45,21 @@ class RestorePlanOperator(BackupStepOperator):
         self.target_database = target_database
 
     def run(self, record: StepRecord, context: Context) -> dict[str, Any]:
-        backups = self.backups
+        ti = context["ti"]
         wanted_id = str(self.backup_id).strip()
+        release = self._running_release()
+        # Pushed before anything can fail, so `record` writes into the ledger the release
+        # that ran and the backup asked for (then: the one found) even if the plan stops.
+        ti.xcom_push(key="return_value", value={"backup_id": wanted_id, "release": release})
         if wanted_id != "latest":
             check_backup_id(wanted_id)
+        backups = self.backups
         store, manifest = backups.find(wanted_id, self.log)
+        ti.xcom_push(
+            key="return_value", value={"backup_id": manifest.backup_id, "release": release}
+        )
         database_sources = [s.name for s in manifest.sources if s.kind != "files"]
-        wanted = list(self.sources) if isinstance(self.sources, list) and self.sources else []
+        wanted = source_list(self.sources) or []
         names = wanted or database_sources
         missing = sorted(set(names) - set(database_sources))
         if missing:
@@ -70,7 +79,6 @@ class RestorePlanOperator(BackupStepOperator):
         for name in names:
             for artifact in manifest.source(name).artifacts:
                 check_artifact(artifact_dir / artifact.name, artifact)
-        release = (current_and_previous(self.stack_name) or ["unknown"])[0]
         record.lines = [
             f"backup {manifest.backup_id} ({manifest.status}, taken {manifest.started_at}) "
             f"from {store.label}; artifacts checked against the manifest",
@@ -88,6 +96,15 @@ class RestorePlanOperator(BackupStepOperator):
             "live": target is None,
             "release": release,
         }
+
+    def _running_release(self) -> str:
+        """The ledger's current release, or ``unknown`` when none is recorded or readable."""
+        try:
+            current = Ledger(self.stack_name).current()
+        except (OSError, ValueError) as error:
+            self.log.warning("cannot read the release ledger of %s: %s", self.stack_name, error)
+            return UNKNOWN_RELEASE
+        return current.version if current else UNKNOWN_RELEASE
 
 
 def _manifest(plan: dict[str, Any]) -> Manifest:
@@ -126,7 +143,7 @@ class WritersOperator(BackupStepOperator):
         self.action = action
 
     def run(self, record: StepRecord, context: Context) -> list[str]:
-        if self.action == "start" and not context["ti"].xcom_pull(task_ids=PLAN_TASK):
+        if self.action == "start" and not is_plan(context["ti"].xcom_pull(task_ids=PLAN_TASK)):
             record.lines = ["no plan, nothing was stopped"]
             return []
         plan = self.plan(context)

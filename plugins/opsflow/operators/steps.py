@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 RECORD_KEY = "step_record"
 
@@ -46,6 +47,22 @@ class StepRecord:
         return data
 
 
+def refuse_unknown_conf(context: Context, task: BaseOperator) -> None:
+    """Fail on keys of the run's conf that no param of the task's DAG declares.
+
+    Airflow validates the values of declared params before a run exists but ignores
+    extra keys; a misspelt ``verison`` would silently run with the default instead.
+    """
+    dag = task.get_dag()
+    known = set(dag.params) if dag is not None else set()
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    unknown = sorted(str(key) for key in conf if key not in known)
+    if unknown:
+        raise AirflowFailException(
+            f"unknown keys in the run's conf: {unknown}; this DAG takes {sorted(known)}"
+        )
+
+
 def as_bool(value: Any) -> bool:
     """Params rendered through templates may arrive as ``True`` or as ``"True"``."""
     if isinstance(value, bool):
@@ -64,6 +81,23 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} GiB"
+
+
+def human_duration(value: timedelta | float) -> str:
+    """A duration as a person (and a stack file) writes it: ``26h``, ``1h30m``, ``45s``,
+    ``7d``, where ``str(timedelta)`` prints ``1 day, 2:00:00``. Days only from 2 days on,
+    so the default backup age reads ``26h``."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    if 0 < seconds < 1:
+        return f"{sign}{seconds * 1000:.0f}ms"
+    rest = round(seconds)
+    days, rest = divmod(rest, 86400) if rest >= 2 * 86400 else (0, rest)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    text = "".join(f"{amount}{unit}" for amount, unit in parts if amount)
+    return sign + (text or "0s")
 
 
 class StepOperator(BaseOperator):
@@ -88,6 +122,7 @@ class StepOperator(BaseOperator):
         record = StepRecord(step=self.task_id, dry_run=as_bool(self.is_dry_run))
         ti = context["ti"]
         try:
+            refuse_unknown_conf(context, self)
             result = self.run(record, context)
         except AirflowSkipException as skip:
             ti.xcom_push(key=RECORD_KEY, value=record.finish("skipped", str(skip)))

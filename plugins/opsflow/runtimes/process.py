@@ -1,25 +1,97 @@
 """Run one argv command, streaming its output to a log as it happens.
 
-Long builds and migrations must show progress in the task log, and a failure must carry
-the command's last lines so the alert and the summary say what went wrong.
+Long builds and migrations must show progress in the task log, and a failure must say
+what went wrong in one line: the first line of the output that looks like an error (a
+tool's last line is usually a generic "Deploy failed" or a traceback's footer), bounded
+and scrubbed of secrets, because that line becomes the step record and the alert.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 TAIL_LINES = 40
+# The cause line's bound: with "migrate of <stack> <version> failed: exited with 1 after
+# 2.6s: " in front, the whole line still fits an alert's 300 characters.
+CAUSE_MAX_CHARS = 220
+# Longer lines are cut before they are matched and scrubbed (a minified bundle, a dump).
+_SCAN_MAX_CHARS = 4000
+
+# A line that states an error, as tools print them. Matched after an optional
+# "service-1  | " prefix (docker compose) and leading spaces.
+_ERROR_LINE = re.compile(
+    r"""^(?:[\w.-]+\s+\|\s)?\s*(?:
+        (?:\S+\s+){0,4}?\[?(?:ERROR|FATAL|PANIC|CRITICAL)\b(?!=)  # a level, maybe after a time
+      | (?:error|fatal|panic)(?:\[\w+\])?:                    # error: fatal: panic: error[E1]:
+      | Error(?::|\s)                                         # Error: ..., Error response from ...
+      | FAILED:                                               # alembic's CommandError
+      | npm\s+ERR!
+      | Exception\s+in\s+thread\b                             # Java
+      | .*\blevel=(?:error|fatal|panic)\b                      # logfmt
+      | [A-Za-z_][\w]*(?:\.[\w]+)*\.(?:errors|exc)\.\w+        # psycopg.errors.X, sqlalchemy.exc.X
+      | [A-Za-z_][\w.$]*(?:Error|Exception|Failure|Violation|Fault)(?::|$)  # SomethingError: ...
+    )""",
+    re.VERBOSE,
+)
+# Credentials by their shape, for what the secrets masker was never told about.
+_URL_USERINFO = re.compile(r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+_AUTH_SCHEME = re.compile(
+    r"(?i)(?P<keep>\bbearer\s+|\bauthorization\s*[:=]\s*(?:basic\s+)?)[A-Za-z0-9._~+/=-]{8,}"
+)
+_KEY_VALUE = re.compile(
+    r"""(?ix)
+    (?P<keep>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)[\w.-]*
+        ["']?\s*[:=]\s*)
+    (?:"[^"]*"|'[^']*'|[^\s"',;&]+)
+    """
+)
+
+
+def is_error_line(line: str) -> bool:
+    """Whether ``line`` states an error (``ERROR``, ``error:``, ``panic:``, an exception)."""
+    return bool(_ERROR_LINE.match(line[:_SCAN_MAX_CHARS]))
+
+
+def scrub_secrets(text: str) -> str:
+    """Mask the values Airflow's secrets masker knows, then credentials by their shape:
+    URL userinfo, ``Bearer`` and ``Authorization:`` tokens, ``password=...``,
+    ``PASSWORD: ...``."""
+    try:
+        from airflow.sdk._shared.secrets_masker import redact
+    except ImportError:  # used outside Airflow (benchmarks): the shapes still apply
+        masked = text
+    else:
+        redacted = redact(text)
+        masked = redacted if isinstance(redacted, str) else str(redacted)
+    masked = _URL_USERINFO.sub(r"\g<keep>***@", masked)
+    masked = _AUTH_SCHEME.sub(r"\g<keep>***", masked)
+    return _KEY_VALUE.sub(r"\g<keep>***", masked)
+
+
+def bounded(text: str, limit: int = CAUSE_MAX_CHARS) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def cause_line(lines: Iterable[str], first_error: str | None = None) -> str:
+    """The line that says why a command failed: the first error line of its output, else
+    its last non-empty line; scrubbed before it is cut, so no fragment of a secret stays."""
+    line = first_error
+    if line is None:
+        line = next((text for text in reversed(list(lines)) if text.strip()), "")
+    return bounded(scrub_secrets(line[:_SCAN_MAX_CHARS]))
 
 
 class CommandFailed(RuntimeError):
@@ -27,16 +99,21 @@ class CommandFailed(RuntimeError):
 
     def __init__(self, result: CommandResult) -> None:
         self.result = result
-        tail = "\n".join(result.tail[-15:])
-        super().__init__(f"{self.summary}\n$ {result.command}\n{tail}")
+        super().__init__(f"{self.summary}\n{self.details}")
 
     @property
     def summary(self) -> str:
-        """One line: how it ended and the last thing it printed (usually the cause)."""
+        """One line: how it ended and the first error it printed (else its last line)."""
         result = self.result
         why = "timed out" if result.timed_out else f"exited with {result.returncode}"
-        last = next((line.strip() for line in reversed(result.tail) if line.strip()), "")
-        return f"{why} after {result.seconds:.1f}s" + (f": {last}" if last else "")
+        cause = cause_line(result.tail, result.first_error)
+        return f"{why} after {result.seconds:.1f}s" + (f": {cause}" if cause else "")
+
+    @property
+    def details(self) -> str:
+        """The command and its last output lines, scrubbed like the summary."""
+        lines = [f"$ {self.result.command}", *self.result.tail[-15:]]
+        return "\n".join(scrub_secrets(line[:_SCAN_MAX_CHARS]) for line in lines)
 
 
 class LineLogger(Protocol):
@@ -52,6 +129,8 @@ class CommandResult:
     seconds: float
     tail: list[str] = field(default_factory=list)
     timed_out: bool = False
+    # The first line that looked like an error, from the whole output (not only the tail).
+    first_error: str | None = None
 
     @property
     def command(self) -> str:
@@ -74,6 +153,7 @@ class ProcessRunner:
         self.log.info("$ %s", shlex.join(argv))
         started = time.monotonic()
         tail: deque[str] = deque(maxlen=TAIL_LINES)
+        errors: list[str] = []
         timed_out = False
         with subprocess.Popen(
             argv,
@@ -87,7 +167,7 @@ class ProcessRunner:
             start_new_session=True,
         ) as child:
             self._child = child
-            pump = threading.Thread(target=self._pump, args=(child, tail), daemon=True)
+            pump = threading.Thread(target=self._pump, args=(child, tail, errors), daemon=True)
             pump.start()
             try:
                 returncode = child.wait(timeout=timeout)
@@ -98,16 +178,20 @@ class ProcessRunner:
             finally:
                 pump.join(timeout=10)
                 self._child = None
-        result = CommandResult(argv, returncode, time.monotonic() - started, list(tail), timed_out)
+        seconds = time.monotonic() - started
+        first_error = errors[0] if errors else None
+        result = CommandResult(argv, returncode, seconds, list(tail), timed_out, first_error)
         if check and (returncode != 0 or timed_out):
             raise CommandFailed(result)
         return result
 
-    def _pump(self, child: subprocess.Popen[str], tail: deque[str]) -> None:
+    def _pump(self, child: subprocess.Popen[str], tail: deque[str], errors: list[str]) -> None:
         assert child.stdout is not None
         for raw in child.stdout:
             line = raw.rstrip()
             tail.append(line)
+            if not errors and is_error_line(line):
+                errors.append(line)
             self.log.info("  %s", line)
 
     def terminate(self) -> None:
