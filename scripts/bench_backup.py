@@ -73,7 +73,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-IMAGE = "opsflow-demo/postgres:15"
+# The demo stack's PostgreSQL image under the benchmark's own name: building it here must never
+# retag the image a running `make demo` uses (opsflow-demo/postgres:15).
+IMAGE = "opsflow-bench/postgres:15"
 STACK = "bench-backup"
 SOURCE = "db"
 BUCKET = "opsflow-bench"

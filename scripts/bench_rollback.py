@@ -67,6 +67,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "include" / "demo"
 DEMO_STACK_FILE = REPO / "include" / "stacks" / "demo.yaml"
 PROJECT = "opsflow-benchrb"
+# Image names of the benchmark's stack (the compose file's DEMO_IMAGE_PREFIX): its builds and
+# retags never touch the images of a running `make demo` (prefix opsflow-demo).
+IMAGE_PREFIX = "opsflow-bench"
 STACK = "demo"
 OLD = "1.1.0"
 BROKEN = "1.2.0-never-ready"
@@ -222,7 +225,8 @@ def write_compose_copy(layout: Layout) -> None:
 
 
 def write_stack_file(layout: Layout) -> None:
-    """The demo stack file moved to this project, its ports and temp dir, with a quick gate."""
+    """The demo stack file moved to this project, its ports, image names and temp dir, with a
+    quick gate."""
     import yaml
 
     stack = yaml.safe_load(DEMO_STACK_FILE.read_text())
@@ -230,6 +234,7 @@ def write_stack_file(layout: Layout) -> None:
     stack["runtime"]["working_dir"] = str(layout.working_dir)
     api = layout.ports["api"]
     for service in stack["services"]:
+        service["image"] = f"{IMAGE_PREFIX}/{service['image'].partition('/')[2]}"
         for check in service.get("health", []):
             if check["kind"] == "http":
                 check["url"] = check["url"].replace(":18080/", f":{api}/")
@@ -245,7 +250,7 @@ def write_stack_file(layout: Layout) -> None:
 
 
 def environment(layout: Layout, passwords: dict[str, str]) -> dict[str, str]:
-    """What the e2e fixture sets: stack and state dirs, ports, the two connections."""
+    """What the e2e fixture sets: stack and state dirs, ports, image prefix, the two connections."""
     ports = layout.ports
     return {
         "AIRFLOW_HOME": str(layout.base / "airflow-home"),
@@ -256,6 +261,7 @@ def environment(layout: Layout, passwords: dict[str, str]) -> dict[str, str]:
         "DEMO_API_PORT": str(ports["api"]),
         "DEMO_POSTGRES_PORT": str(ports["postgres"]),
         "DEMO_REDIS_PORT": str(ports["redis"]),
+        "DEMO_IMAGE_PREFIX": IMAGE_PREFIX,
         "AIRFLOW_CONN_DEMO_POSTGRES": json.dumps(
             {
                 "conn_type": "postgres",

@@ -502,6 +502,9 @@ def tcp_listener() -> Iterator[int]:
 # dir, so a `make demo` stack on the same machine is never touched.
 
 E2E_PROJECT = "opsflow-e2e"
+# Tests build and run the demo's images under their own names: a test run must never
+# rebuild or retag an image a running `make demo` (prefix opsflow-demo) uses.
+TEST_IMAGE_PREFIX = "opsflow-test"
 DEMO_DIR = REPO_ROOT / "include" / "demo"
 AIRFLOW_CLI = REPO_ROOT / "scripts" / "airflow"
 
@@ -613,12 +616,21 @@ def _demo_passwords() -> dict[str, str]:
     return values
 
 
+def prefixed_image(demo_ref: str, prefix: str = TEST_IMAGE_PREFIX) -> str:
+    """``opsflow-demo/api`` -> ``opsflow-test/api``: a demo image name under a test's prefix."""
+    repository, sep, rest = demo_ref.partition("/")
+    assert sep and repository == "opsflow-demo", f"not a demo image name: {demo_ref!r}"
+    return f"{prefix}/{rest}"
+
+
 def _stack_file(api_port: int, target: Path) -> None:
-    """The demo stack file, moved to its own project and ports, with a quicker gate."""
+    """The demo stack file, moved to its own project, ports and image names, with a quicker
+    gate. The compose file takes the image names from ``DEMO_IMAGE_PREFIX`` (see env)."""
     stack = yaml.safe_load((REPO_ROOT / "include" / "stacks" / "demo.yaml").read_text())
     stack["runtime"]["project"] = E2E_PROJECT
     stack["runtime"]["working_dir"] = str(DEMO_DIR)
     for service in stack["services"]:
+        service["image"] = prefixed_image(service["image"])
         for check in service["health"]:
             if check["kind"] == "http":
                 check["url"] = check["url"].replace(":18080/", f":{api_port}/")
@@ -653,6 +665,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDeploym
         "DEMO_API_PORT": str(ports["api"]),
         "DEMO_POSTGRES_PORT": str(ports["postgres"]),
         "DEMO_REDIS_PORT": str(ports["redis"]),
+        "DEMO_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
         "AIRFLOW_CONN_DEMO_POSTGRES": json.dumps(
             {
                 "conn_type": "postgres",
@@ -914,8 +927,10 @@ class CuttingProxy:
 # opsflow.backup is imported inside the helpers: a module being edited there must not stop
 # every other test from being collected.
 
-DEMO_POSTGRES_IMAGE = "opsflow-demo/postgres:15"
-DEMO_REDIS_IMAGE = "opsflow-demo/redis:7"
+# The demo stack's PostgreSQL and Redis images under the tests' own name (TEST_IMAGE_PREFIX),
+# never the tags a running demo uses.
+DEMO_POSTGRES_IMAGE = "opsflow-test/postgres:15"
+DEMO_REDIS_IMAGE = "opsflow-test/redis:7"
 
 
 class ListLog:

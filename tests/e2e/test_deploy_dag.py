@@ -17,7 +17,14 @@ import pytest
 import yaml
 
 from conftest import E2E_PROJECT as PROJECT
-from conftest import REPO_ROOT, DemoDeployment, HttpCapture, SmtpCapture, alert_connections
+from conftest import (
+    REPO_ROOT,
+    TEST_IMAGE_PREFIX,
+    DemoDeployment,
+    HttpCapture,
+    SmtpCapture,
+    alert_connections,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -41,8 +48,8 @@ def test_deploy_1_0_0_on_a_clean_machine_ends_ready(deployment: DemoDeployment) 
         row["Service"]: row["Image"]
         for row in map(json.loads, deployment.compose("ps", "--format", "json").splitlines())
     }
-    assert images["api"] == "opsflow-demo/api:1.0.0"
-    assert images["worker"] == "opsflow-demo/worker:1.0.0"
+    assert images["api"] == f"{TEST_IMAGE_PREFIX}/api:1.0.0"
+    assert images["worker"] == f"{TEST_IMAGE_PREFIX}/worker:1.0.0"
 
 
 def test_dry_run_prints_the_commands_and_changes_nothing(deployment: DemoDeployment) -> None:

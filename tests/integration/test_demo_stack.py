@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import get_json, service_unavailable
+from conftest import TEST_IMAGE_PREFIX, get_json, service_unavailable
 from opsflow.runtimes.compose import compose_base_argv
 
 pytestmark = pytest.mark.integration
@@ -124,6 +124,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
         "DEMO_API_PORT": str(_free_port()),
         "DEMO_POSTGRES_PORT": str(_free_port()),
         "DEMO_REDIS_PORT": str(_free_port()),
+        "DEMO_IMAGE_PREFIX": TEST_IMAGE_PREFIX,
     }
     env_file = tmp_path_factory.mktemp("demo") / "demo.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()), encoding="utf-8")
