@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from upgrade_support import ENV_FILE, Upgrades, out_of, started, upgrade_stack
 
 from conftest import (
-    DEMO_DIR,
     DemoDeployment,
     HttpCapture,
     SmtpCapture,
@@ -36,93 +35,13 @@ from conftest import (
 
 pytestmark = pytest.mark.e2e
 
-ENV_FILE = DEMO_DIR / ".env"
-
-
-def _out(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout + result.stderr
-
-
-@dataclass
-class Upgrades:
-    deployment: DemoDeployment
-    stack_file: Path
-    backups: Path
-
-    @property
-    def state(self) -> Path:
-        return Path(self.deployment.env["OPSFLOW_STATE_DIR"]) / "demo"
-
-    def upgrade(
-        self, version: str, *env: dict[str, str], logical_date: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return self.deployment.dags_test(
-            {"version": version}, *env, dag_id="demo__upgrade", logical_date=logical_date
-        )
-
-    def entries(self) -> list[dict[str, Any]]:
-        """The ledger as plain JSON lines, folded by entry id (newest line wins)."""
-        path = self.state / "ledger.jsonl"
-        folded: dict[str, dict[str, Any]] = {}
-        for line in path.read_text().splitlines() if path.exists() else []:
-            entry = json.loads(line)
-            folded[entry["entry_id"]] = entry
-        return list(folded.values())
-
-    def current(self) -> str | None:
-        done = [
-            e
-            for e in self.entries()
-            if e["action"] in ("deploy", "upgrade", "rollback") and e["outcome"] == "succeeded"
-        ]
-        return max(done, key=lambda e: e["ended_at"])["version"] if done else None
-
-    def last(self, action: str) -> dict[str, Any]:
-        return max((e for e in self.entries() if e["action"] == action), key=_started)
-
-    def lock_free(self) -> bool:
-        return not (self.state / "lock.json").exists()
-
-    def serving(self, version: str) -> bool:
-        try:
-            return self.deployment.get("/version")[1].get("version") == version and (
-                self.deployment.get("/health/ready")[0] == 200
-            )
-        except OSError:
-            return False
-
-    def arrive_at(self, version: str) -> None:
-        """Make ``version`` the current, healthy release, rebuilding from scratch if needed."""
-        if self.current() == version and self.serving(version) and self.lock_free():
-            return
-        (self.state / "lock.json").unlink(missing_ok=True)
-        self.deployment.compose("down", "--volumes", "--remove-orphans")
-        for step in dict.fromkeys(["1.0.0", version]):
-            result = self.deployment.dags_test({"version": step})
-            assert result.returncode == 0, _out(result)[-4000:]
-        assert self.serving(version)
-
-
-def _started(entry: dict[str, Any]) -> str:
-    return str(entry["started_at"])
-
 
 @pytest.fixture(scope="module")
 def upgrades(
     deployment: DemoDeployment, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Upgrades]:
-    """The e2e stack file with backups in a temp dir; the demo .env restored afterwards."""
-    backups = tmp_path_factory.mktemp("upgrade-backups")
-    stack_file = deployment.stacks / "demo.yaml"
-    original_stack, original_env = stack_file.read_text(), ENV_FILE.read_bytes()
-    data = yaml.safe_load(original_stack)
-    data["backup"]["local_dir"] = str(backups)
-    stack_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    try:
-        yield Upgrades(deployment, stack_file, backups)
-    finally:
-        stack_file.write_text(original_stack)
-        ENV_FILE.write_bytes(original_env)
+    with upgrade_stack(deployment, tmp_path_factory.mktemp("upgrade-backups")) as stack:
+        yield stack
 
 
 def _worker_rows_up_to(deployment: DemoDeployment, last_id: int) -> tuple[int, str]:
@@ -169,7 +88,7 @@ def test_upgrade_1_0_0_to_1_1_0_keeps_the_data_and_the_worker_writes(upgrades: U
     before = table_digests(deployment)
 
     result = upgrades.upgrade("1.1.0")
-    out = _out(result)
+    out = out_of(result)
 
     assert result.returncode == 0, out[-6000:]
     assert upgrades.serving("1.1.0")
@@ -185,6 +104,10 @@ def test_upgrade_1_0_0_to_1_1_0_keeps_the_data_and_the_worker_writes(upgrades: U
     assert entry["images"]["api"]["id"].startswith("sha256:")
     assert entry["snapshot"]["version"] == "1.0.0" and entry["config_digest"]
     assert upgrades.current() == "1.1.0" and upgrades.lock_free()
+    # A green run says so: the skipped rollback and its skipped gate are no failures.
+    assert "==== opsflow upgrade summary: demo 1.1.0 -> SUCCEEDED ====" in out
+    assert re.search(r"rollback_verify\s+skipped", out), out[-4000:]
+    assert "running now (as the engine reports it): api, worker run 1.1.0" in out
 
 
 def test_never_ready_release_is_rolled_back_with_its_data_and_config(
@@ -200,7 +123,7 @@ def test_never_ready_release_is_rolled_back_with_its_data_and_config(
     ENV_FILE.write_bytes(original_env + b"WORKER_INTERVAL_SECONDS=7\n")
 
     result = upgrades.upgrade("1.2.0-never-ready", alert_connections(smtp_server, http_receiver))
-    out = _out(result)
+    out = out_of(result)
 
     assert result.returncode != 0, out[-6000:]
     assert upgrades.serving("1.1.0"), out[-6000:]
@@ -219,6 +142,17 @@ def test_never_ready_release_is_rolled_back_with_its_data_and_config(
     assert "rolled back to 1.1.0; healthy" in alert["error"]
     mail = smtp_server.wait_for(1)[0].get_payload(decode=True).decode()
     assert "rolled back to 1.1.0; healthy" in mail
+    # The alert names the failing check and its last error.
+    assert re.search(
+        r"failed at verify with health gate failed after \d+s \(1 of \d+ checks failing\): "
+        r"http GET http://127\.0\.0\.1:\d+/health/ready: status 503",
+        alert["error"],
+    ), alert["error"]
+    # The summary lists what runs after the rollback, not the failed release's images.
+    assert "==== opsflow upgrade summary: demo 1.2.0-never-ready -> ROLLED-BACK ====" in out
+    assert "running now (as the engine reports it): api, worker run 1.1.0" in out
+    images = out[out.index("images:", out.index("ROLLED-BACK")) :].splitlines()[1:3]
+    assert all(line.split()[1].endswith(":1.1.0") for line in images), images
     entry = upgrades.last("upgrade")
     assert (entry["outcome"], entry["failed_task"]) == ("rolled-back", "verify")
     rollback = upgrades.last("rollback")
@@ -237,7 +171,7 @@ def test_half_applied_migration_is_undone_by_restoring_the_database(
     result = upgrades.upgrade(
         "1.3.0-broken-migration", alert_connections(smtp_server, http_receiver)
     )
-    out = _out(result)
+    out = out_of(result)
 
     assert result.returncode != 0, out[-6000:]
     assert "0003" in out  # the first migration of the release did apply
@@ -248,6 +182,8 @@ def test_half_applied_migration_is_undone_by_restoring_the_database(
     assert _worker_rows_up_to(deployment, last_id) == worker_before
     alert = _alert(http_receiver)
     assert "failed at migrate" in alert["error"]
+    # The alert carries the real cause from the tool's output, not its last line.
+    assert 'column "category" of relation "items" does not exist' in alert["error"]
     assert "rolled back to 1.1.0; healthy" in alert["error"]
     entry = upgrades.last("upgrade")
     assert (entry["outcome"], entry["failed_task"]) == ("rolled-back", "migrate")
@@ -287,7 +223,7 @@ def test_killed_task_process_during_start_converges_after_clear_and_rerun(
 
     # Clearing and running the same run again: `dags test` with the same logical date.
     result = upgrades.upgrade("1.1.1", logical_date=logical_date)
-    out = _out(result)
+    out = out_of(result)
 
     assert result.returncode == 0, out[-6000:]
     assert "resuming upgrade 1.1.0 -> 1.1.1" in out
@@ -301,31 +237,54 @@ def test_killed_task_process_during_start_converges_after_clear_and_rerun(
 
 
 def test_two_upgrade_triggers_never_run_at_the_same_time(upgrades: Upgrades) -> None:
+    # The first run is held in its gate (an extra check answers 503) until the second has
+    # been seen waiting for the lock. Without the hold, a quick first run could end before
+    # the second's `dags test` had even parsed its DAG (about 15 s), and the second would
+    # never wait: the reason this test failed once on a loaded machine.
     deployment = upgrades.deployment
     upgrades.arrive_at("1.1.1")
     known = {e["entry_id"] for e in upgrades.entries()}
-    first = deployment.start_dags_test({"version": "1.1.0"}, dag_id="demo__upgrade")
-    rest: list[str] = []
+    gate = FlappingHealth()
+    original = upgrades.stack_file.read_text()
+    data = yaml.safe_load(original)
+    data["services"][0]["health"].append({"kind": "http", "url": gate.url, "expect_status": 200})
+    upgrades.stack_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    first_rest: list[str] = []
+    second_rest: list[str] = []
     try:
-        _wait_for_line(first, "Took the lock of stack demo", timeout=300)
-        # Keep reading the first run's output, or it blocks on a full pipe.
-        assert first.stdout is not None
-        reader = threading.Thread(target=lambda: rest.extend(first.stdout or []), daemon=True)
-        reader.start()
-        second = deployment.dags_test({"version": "1.1.0"}, dag_id="demo__upgrade")
-        first.wait(timeout=900)
-        reader.join(timeout=30)
+        first = deployment.start_dags_test({"version": "1.1.0"}, dag_id="demo__upgrade")
+        second: subprocess.Popen[str] | None = None
+        try:
+            first_seen = _wait_for_line(first, "Step start of opsflow-e2e 1.1.0", timeout=600)
+            gate.held = True
+            threading.Thread(
+                target=lambda: first_rest.extend(first.stdout or []), daemon=True
+            ).start()
+            second = deployment.start_dags_test({"version": "1.1.0"}, dag_id="demo__upgrade")
+            second_seen = _wait_for_line(second, "Waiting for the lock of stack demo", timeout=600)
+            gate.held = False
+            threading.Thread(
+                target=lambda: second_rest.extend(second.stdout or []), daemon=True
+            ).start()
+            first.wait(timeout=600)
+            second.wait(timeout=600)
+        finally:
+            for process in (first, second):
+                if process is not None and process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    first_out, second_out = "".join(rest), _out(second)
+        gate.server.shutdown()
+        upgrades.stack_file.write_text(original)
+    time.sleep(1)  # the readers drain what is left
+    first_out = "".join(first_seen + first_rest)
+    second_out = "".join(second_seen + second_rest)
 
     assert first.returncode == 0, first_out[-6000:]
     assert "Waiting for the lock of stack demo, held by demo__upgrade run manual__" in second_out
     # The second got the lock only after the first released it, then found nothing to do.
     assert second.returncode != 0
-    assert "already runs 1.1.0: nothing to upgrade" in second_out
-    runs = sorted((e for e in upgrades.entries() if e["entry_id"] not in known), key=_started)
+    assert "already runs 1.1.0: nothing to upgrade" in second_out, second_out[-6000:]
+    runs = sorted((e for e in upgrades.entries() if e["entry_id"] not in known), key=started)
     assert [(e["outcome"], e["failed_task"]) for e in runs] == [
         ("succeeded", None), ("failed", "preflight"),
     ]  # fmt: skip
@@ -334,16 +293,18 @@ def test_two_upgrade_triggers_never_run_at_the_same_time(upgrades: Upgrades) -> 
 
 
 class FlappingHealth:
-    """An HTTP check that answers 200 and 503 in turn while flapping, 200 otherwise."""
+    """An HTTP check that answers 200 and 503 in turn while flapping, 503 while held,
+    200 otherwise."""
 
     def __init__(self) -> None:
         self.flapping = False
+        self.held = False
         self.answers: list[int] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                status = 200
+                status = 503 if outer.held else 200
                 if outer.flapping:
                     status = 503 if len(outer.answers) % 2 == 0 else 200
                 outer.answers.append(status)
@@ -409,11 +370,53 @@ def test_upgrade_dry_run_checks_and_changes_nothing(upgrades: Upgrades) -> None:
     result = upgrades.deployment.dags_test(
         {"version": "1.1.1", "dry_run": True}, dag_id="demo__upgrade"
     )
-    out = _out(result)
+    out = out_of(result)
 
     assert result.returncode == 0, out[-6000:]
     assert "healthy now: all" in out and "buildable: every build context of 1.1.1 exists" in out
     assert len(upgrades.entries()) == entries and upgrades.serving("1.1.0")
+    # Checks that were not run are listed as such, not as failures.
+    summary = out[out.index("==== opsflow upgrade summary: demo 1.1.1 -> DRY-RUN ====") :]
+    assert "FAIL" not in summary and "  ---- http GET http://127.0.0.1:" in summary
+
+
+def test_a_release_that_does_not_exist_fails_before_any_backup(
+    upgrades: Upgrades, smtp_server: SmtpCapture, http_receiver: HttpCapture
+) -> None:
+    upgrades.arrive_at("1.1.0")
+    backups = sorted(p.name for p in upgrades.backups.iterdir())
+
+    result = upgrades.upgrade("9.9.9", alert_connections(smtp_server, http_receiver))
+    out = out_of(result)
+
+    assert result.returncode != 0
+    entry = upgrades.last("upgrade")
+    assert (entry["version"], entry["outcome"], entry["failed_task"]) == (
+        "9.9.9", "failed", "build",
+    )  # fmt: skip
+    assert entry["backup_id"] is None and sorted(p.name for p in upgrades.backups.iterdir()) == (
+        backups
+    )
+    assert out.count("Step fetch of opsflow-e2e 9.9.9") == 1  # a failed build is not retried
+    alert = _alert(http_receiver)
+    assert "upgrade demo 1.1.0 -> 9.9.9 failed at build with " in alert["error"]
+    assert "release '9.9.9' does not exist" in alert["error"]
+    assert alert["error"].endswith("; the running release was not changed (api, worker run 1.1.0)")
+    assert upgrades.serving("1.1.0") and upgrades.lock_free()
+
+
+def test_unknown_conf_keys_are_refused_before_anything_happens(upgrades: Upgrades) -> None:
+    upgrades.arrive_at("1.1.0")
+    entries = upgrades.entries()
+
+    result = upgrades.upgrade_conf({"version": "1.1.1", "verison": "1.1.1"})
+
+    assert result.returncode != 0
+    assert (
+        "unknown keys in the run's conf: ['verison']; this DAG takes ['dry_run', 'version']"
+        in out_of(result)
+    )
+    assert upgrades.entries() == entries and upgrades.serving("1.1.0") and upgrades.lock_free()
 
 
 def test_rollback_dag_returns_to_1_0_0_with_the_backup_taken_on_it(upgrades: Upgrades) -> None:
@@ -425,13 +428,13 @@ def test_rollback_dag_returns_to_1_0_0_with_the_backup_taken_on_it(upgrades: Upg
     wrong = deployment.dags_test(
         {"release": "1.0.0", "restore_data": False, "dry_run": True}, dag_id="demo__rollback"
     )
-    assert wrong.returncode == 0, _out(wrong)[-4000:]
-    assert "would stop 1.1.0, put back images and config of 1.0.0, start 1.0.0" in _out(wrong)
+    assert wrong.returncode == 0, out_of(wrong)[-4000:]
+    assert "would stop 1.1.0, put back images and config of 1.0.0, start 1.0.0" in out_of(wrong)
 
     result = deployment.dags_test(
         {"release": "1.0.0", "restore_data": True}, dag_id="demo__rollback"
     )
-    out = _out(result)
+    out = out_of(result)
 
     assert result.returncode == 0, out[-6000:]
     assert upgrades.serving("1.0.0")

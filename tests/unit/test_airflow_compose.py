@@ -164,6 +164,14 @@ def test_every_long_running_service_has_a_healthcheck(config: dict[str, Any]) ->
         assert depends_on["postgres"]["condition"] == "service_healthy"
 
 
+def test_task_runners_start_after_the_api_server_answers(config: dict[str, Any]) -> None:
+    # A task queued before the API server listens fails without running.
+    for name in ("scheduler", "worker"):
+        depends = config["services"][name]["depends_on"]
+        assert depends["api-server"]["condition"] == "service_healthy", name
+        assert depends["airflow-init"]["condition"] == "service_completed_successfully", name
+
+
 def test_without_any_variable_config_fails_naming_one(tmp_path: Path) -> None:
     result = _compose_config({}, tmp_path)
     assert result.returncode != 0

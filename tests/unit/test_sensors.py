@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
 from opsflow.sensors.health import (
     DEFER_GRACE,
@@ -102,10 +102,11 @@ def test_durations_accept_strings_and_timedeltas() -> None:
     assert (sensor.interval, sensor.timeout) == (2.0, 120.0)
 
 
-def test_templated_checks_are_validated_at_execute() -> None:
-    sensor = HealthGateSensor(task_id="gate", checks=[{"kind": "http", "url": "{{ params.url }}"}])
-    with pytest.raises(AirflowException, match=r"checks\[0\] is not a valid check"):
-        sensor.execute({})  # type: ignore[arg-type]
+def test_checks_are_validated_when_the_sensor_is_built() -> None:
+    # Checks are data from a stack file, never templates: nothing is left to check later.
+    assert HealthGateSensor.template_fields == ()
+    with pytest.raises(ValueError, match=r"checks\[0\] is not a valid check"):
+        HealthGateSensor(task_id="gate", checks=[{"kind": "http", "url": "{{ params.url }}"}])
 
 
 # --------------------------------------------------------------------------- deferral
@@ -204,10 +205,13 @@ TIMEOUT_EVENT: dict[str, Any] = {
 
 def test_timeout_raises_with_every_failing_check() -> None:
     sensor = HealthGateSensor(task_id="gate", checks=[TCP])
-    with pytest.raises(AirflowException) as caught:
+    # A gate that ran and failed is a verdict: AirflowFailException is never retried.
+    with pytest.raises(AirflowFailException) as caught:
         sensor.execute_complete({}, TIMEOUT_EVENT)  # type: ignore[arg-type]
+    # The first line is the alert: it names the failing check and its last error.
     assert str(caught.value).splitlines() == [
-        "health gate failed after 62s: 2 of 5 checks failing",
+        "health gate failed after 62s (2 of 5 checks failing): http GET "
+        "http://127.0.0.1:18080/health/ready: status 503 (and 1 more)",
         "  - http GET http://127.0.0.1:18080/health/ready: status 503",
         "  - postgres shop_db: OperationalError: connection refused",
     ]
@@ -218,7 +222,7 @@ def test_short_streak_message_names_the_most_recent_failures() -> None:
                  "consecutive rounds were green", failing=TIMEOUT_EVENT["failing"][:1],
                  results=[{"name": "c", "ok": True, "detail": ""}])  # fmt: skip
     lines = format_gate_failure(event).splitlines()
-    assert lines[0].startswith("health gate failed after 62s: all 5 checks passed")
+    assert lines[0].startswith("health gate failed after 62s (all 5 checks passed")
     assert lines[1:] == [
         "  most recent failures:",
         "  - http GET http://127.0.0.1:18080/health/ready: status 503",

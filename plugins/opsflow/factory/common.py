@@ -14,18 +14,28 @@ from opsflow.stack.model import ComposeRuntime, Stack
 START_DATE = (2026, 1, 1)
 
 
-def dag_defaults(stack: Stack, workflow: str) -> dict[str, Any]:
-    """Keyword arguments of ``DAG(...)`` that are the same for every workflow of a stack."""
+# Release workflows retry every task: Airflow retries only what failed before it ran or
+# died on the way (a verdict raises AirflowFailException), and every step is idempotent.
+RELEASE_RETRIES = 2
+RELEASE_RETRY_DELAY = timedelta(seconds=10)
+
+
+def dag_defaults(stack: Stack, workflow: str, *, retries: int = 0) -> dict[str, Any]:
+    """Keyword arguments of ``DAG(...)`` that are the same for every workflow of a stack.
+
+    Templates render as strings, never as native objects: native rendering turns ``''``
+    into ``None`` and ``1.10`` into ``1.1``. Only the run's own params are templated.
+    """
     return {
         "start_date": pendulum.datetime(*START_DATE, tz=stack.timezone),
         "catchup": False,
         "tags": sorted({"opsflow", f"stack:{stack.name}", workflow, *stack.tags}),
         "owner_links": {},
-        "render_template_as_native_obj": True,
+        "render_template_as_native_obj": False,
         "default_args": {
             "owner": stack.owner,
-            "retries": 0,
-            "retry_delay": timedelta(seconds=30),
+            "retries": retries,
+            "retry_delay": RELEASE_RETRY_DELAY if retries else timedelta(seconds=30),
             "on_failure_callback": failure_callbacks(stack),
         },
     }
@@ -79,6 +89,5 @@ def gate_sensor(
         checks=list(stack.checks),
         gate=stack.health_gate,
         compose=compose_context(stack),
-        retries=0,
         **kwargs,
     )

@@ -6,11 +6,10 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
-from opsflow.factory.common import dag_defaults, gate_sensor, render_doc
-from opsflow.operators.compose import ComposeStepOperator
+from opsflow.factory.common import RELEASE_RETRIES, dag_defaults, gate_sensor, render_doc
 from opsflow.operators.lock import StackLockSensor, StackUnlockOperator
+from opsflow.operators.release import LedgerRecordOperator, ReleaseComposeStepOperator
 from opsflow.operators.summary import RunSummaryOperator
-from opsflow.operators.upgrade import LedgerRecordOperator
 from opsflow.stack.model import PARAM_VERSION_PATTERN, ComposeRuntime, Stack
 
 DEPLOY_DOC = """
@@ -20,24 +19,26 @@ DEPLOY_DOC = """
 
 Brings the stack to the release you enter in the trigger form, then proves it is healthy.
 
-| step | what it does | retried |
-|---|---|---|
+| step | what it does |
+|---|---|
 | `lock` | takes the stack lock (shared with upgrade, rollback and restore); waits while \
-another run holds it and names that run | reschedules |
-| `{fetch}` | `docker compose {fetch}` of the images, tagged \
-`{version_variable}=<version>` | yes (idempotent) |
-| `migrate` | {migration} | no |
+another run holds it and names that run (reschedules between pokes) |
+| `{fetch}` | `docker compose {fetch}` of the images, tagged `{version_variable}=<version>` |
+| `migrate` | {migration}; a migration that failed is not run again |
 | `start` | `docker compose up --detach --no-build --pull never` with the release's \
-image tags | yes (idempotent) |
+image tags |
 | `verify` | health gate: {check_count} checks must all pass {consecutive} rounds in a row, \
 every {interval}s; fails after {timeout}s (raised to the slowest container healthcheck's \
-unhealthy window if that is longer) | no |
+unhealthy window if that is longer) |
 | `record` | always runs: writes the outcome (version, image ids, config digest) to the \
 release ledger `$OPSFLOW_STATE_DIR/{stack}/ledger.jsonl`, which upgrade, rollback and \
-image pruning read | yes (idempotent) |
-| `unlock` | always runs: releases the stack lock | yes |
-| `summary` | always runs: version, images, duration of each step, health results; \
-fails the run if any step failed | no |
+image pruning read; succeeded only when the engine runs the release's images |
+| `unlock` | always runs: releases the stack lock |
+| `summary` | always runs: version, what runs, duration of each step, health results; \
+fails the run if any step failed |
+
+Every task retries when it failed before it ran or its process died; a verdict (a failed
+build, migration or gate) is never retried.
 
 **Params**
 - `version`: the release to deploy. Letters, digits, `.`, `_` and `-` only; anything else is
@@ -91,13 +92,13 @@ def build_deploy_dag(stack: Stack) -> DAG:
         max_active_runs=1,
         params=deploy_params(),
         doc_md=render_doc(DEPLOY_DOC, stack, **doc_fields),
-        **dag_defaults(stack, "deploy"),
+        **dag_defaults(stack, "deploy", retries=RELEASE_RETRIES),
     ) as dag:
         common: dict[str, Any] = {"stack_name": stack.name, "version": version, "dry_run": dry_run}
         lock = StackLockSensor(task_id="lock", stack_name=stack.name, dry_run=dry_run)
-        fetch = ComposeStepOperator(task_id=fetch_step, step="fetch", retries=2, **common)
-        migrate = ComposeStepOperator(task_id="migrate", step="migrate", retries=0, **common)
-        start = ComposeStepOperator(task_id="start", step="start", retries=1, **common)
+        fetch = ReleaseComposeStepOperator(task_id=fetch_step, step="fetch", **common)
+        migrate = ReleaseComposeStepOperator(task_id="migrate", step="migrate", **common)
+        start = ReleaseComposeStepOperator(task_id="start", step="start", **common)
         verify = gate_sensor(stack, task_id="verify", version=version, dry_run=dry_run)
         steps = ["lock", fetch_step, "migrate", "start", "verify"]
         record = LedgerRecordOperator(

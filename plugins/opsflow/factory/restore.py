@@ -8,8 +8,9 @@ from airflow.sdk import DAG, Param
 
 from opsflow.backup.manifest import BACKUP_ID_PATTERN
 from opsflow.factory.backup import sources_param
-from opsflow.factory.common import dag_defaults, gate_sensor, render_doc
+from opsflow.factory.common import RELEASE_RETRIES, dag_defaults, gate_sensor, render_doc
 from opsflow.operators.lock import StackLockSensor, StackUnlockOperator
+from opsflow.operators.release import LedgerRecordOperator
 from opsflow.operators.restore import (
     PreRestoreBackupOperator,
     RestorePlanOperator,
@@ -17,7 +18,6 @@ from opsflow.operators.restore import (
     WritersOperator,
 )
 from opsflow.operators.summary import RunSummaryOperator
-from opsflow.operators.upgrade import LedgerRecordOperator
 from opsflow.stack.model import Stack
 
 RESTORE_DOC = """
@@ -99,7 +99,7 @@ def build_restore_dag(stack: Stack) -> DAG:
         max_active_runs=1,
         params=restore_params(stack, names),
         doc_md=doc,
-        **dag_defaults(stack, "restore"),
+        **dag_defaults(stack, "restore", retries=RELEASE_RETRIES),
     ) as dag:
         common: dict[str, Any] = {"stack_name": stack.name, "dry_run": dry_run}
         lock = StackLockSensor(task_id="lock", **common)

@@ -7,11 +7,11 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
-from opsflow.factory.common import dag_defaults, gate_sensor, render_doc
+from opsflow.factory.common import RELEASE_RETRIES, dag_defaults, gate_sensor, render_doc
 from opsflow.operators.lock import StackLockSensor, StackUnlockOperator
+from opsflow.operators.release import LedgerRecordOperator
 from opsflow.operators.rollback import PREVIOUS, RollbackPlanOperator, RollbackSwitchOperator
 from opsflow.operators.summary import RunSummaryOperator
-from opsflow.operators.upgrade import LedgerRecordOperator
 from opsflow.stack.model import PARAM_VERSION_PATTERN, ComposeRuntime, Stack
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def build_rollback_dag(stack: Stack) -> DAG:
         max_active_runs=1,
         params=rollback_params(stack),
         doc_md=render_doc(ROLLBACK_DOC, stack),
-        **dag_defaults(stack, "rollback"),
+        **dag_defaults(stack, "rollback", retries=RELEASE_RETRIES),
     ) as dag:
         common: dict[str, Any] = {"stack_name": stack.name, "dry_run": dry_run}
         lock = StackLockSensor(task_id="lock", **common)

@@ -14,7 +14,13 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from opsflow.operators.steps import RECORD_KEY, StepOperator, StepRecord, as_bool
+from opsflow.operators.steps import (
+    RECORD_KEY,
+    StepOperator,
+    StepRecord,
+    as_bool,
+    refuse_unknown_conf,
+)
 from opsflow.releases.lock import LockHolder, StackLock
 
 LOCK_TTL = timedelta(hours=6)
@@ -49,7 +55,6 @@ class StackLockSensor(BaseSensorOperator):
     ) -> None:
         kwargs.setdefault("mode", "reschedule")
         kwargs.setdefault("poke_interval", 5.0)
-        kwargs.setdefault("retries", 0)
         super().__init__(timeout=wait.total_seconds(), **kwargs)
         self.stack_name = stack_name
         self.is_dry_run = dry_run
@@ -85,6 +90,12 @@ class StackLockSensor(BaseSensorOperator):
         return True
 
     def execute(self, context: Context) -> Any:
+        try:
+            refuse_unknown_conf(context, self)
+        except AirflowFailException as error:
+            record = StepRecord(step=self.task_id)
+            context["ti"].xcom_push(key=RECORD_KEY, value=record.finish("failed", str(error)))
+            raise
         try:
             return super().execute(context)
         except AirflowSensorTimeout:

@@ -14,7 +14,14 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
-from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line, human_bytes
+from opsflow.operators.steps import (
+    RECORD_KEY,
+    StepRecord,
+    as_bool,
+    first_line,
+    human_bytes,
+    refuse_unknown_conf,
+)
 from opsflow.stack.loader import load_stack
 from opsflow.stack.model import LogRoot, Stack
 
@@ -37,6 +44,7 @@ class MaintenanceStepOperator(BaseOperator):
         record = StepRecord(step=self.task_id, dry_run=as_bool(self.is_dry_run))
         ti = context["ti"]
         try:
+            refuse_unknown_conf(context, self)
             problems = self.run(record)
         except Exception as error:
             ti.xcom_push(key=RECORD_KEY, value=record.finish("failed", first_line(str(error))))

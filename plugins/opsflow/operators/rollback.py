@@ -9,8 +9,8 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from opsflow.backup.manifest import new_backup_id, utcnow
+from opsflow.operators.release import ReleaseStepOperator, entry_id, triggered_by
 from opsflow.operators.steps import StepRecord, as_bool
-from opsflow.operators.upgrade import ReleaseStepOperator, entry_id, triggered_by
 from opsflow.releases.ledger import LedgerEntry, Release, check_version
 from opsflow.releases.switch import Snapshot, postgres_source_names
 

@@ -2,7 +2,8 @@
 
 It runs whatever happened upstream (trigger rule ``all_done``). Because it is the DAG's
 only leaf, Airflow derives the run's state from it, so it fails whenever a step failed or
-did not run: a summary must never turn a failed deploy into a green run.
+did not run: a summary must never turn a failed deploy into a green run. What it says
+runs comes from the ``record`` step, which asked the engine, not from the task states.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from opsflow.operators.steps import RECORD_KEY, as_bool
+from opsflow.operators.release import task_states, unreported
+from opsflow.operators.steps import RECORD_KEY, as_bool, refuse_unknown_conf
+
+RECORD_TASK = "record"
+# Steps whose absence is no failure when Airflow skipped them (e.g. the rollback's gate
+# after an upgrade that needed no rollback).
+OPTIONAL_STATES = ("skipped",)
 
 
 class RunSummaryOperator(BaseOperator):
@@ -45,13 +52,23 @@ class RunSummaryOperator(BaseOperator):
         self.is_dry_run = dry_run
 
     def execute(self, context: Context) -> dict[str, Any]:
+        refuse_unknown_conf(context, self)
         ti = context["ti"]
         steps: dict[str, dict[str, Any] | None] = {
             task_id: ti.xcom_pull(task_ids=task_id, key=RECORD_KEY)
             for task_id in self.step_task_ids
         }
-        failed = [t for t, r in steps.items() if r is None or r["status"] == "failed"]
-        outcome = "failed" if failed else ("dry-run" if as_bool(self.is_dry_run) else "succeeded")
+        states = task_states(context)
+        failed = [
+            t
+            for t, r in steps.items()
+            if (r is None and states.get(t) not in OPTIONAL_STATES)
+            or (r is not None and r["status"] == "failed")
+        ]
+        ended = ti.xcom_pull(task_ids=RECORD_TASK) if RECORD_TASK in steps else None
+        message = self.failure(steps, failed, states, context)
+        dry = as_bool(self.is_dry_run)
+        outcome = self.outcome(ended, message, dry)
         summary = {
             "stack": self.stack_name,
             "workflow": self.workflow,
@@ -59,25 +76,35 @@ class RunSummaryOperator(BaseOperator):
             "run_id": context["run_id"],
             "outcome": outcome,
             "steps": steps,
+            "states": states,
+            "running": (ended or {}).get("running", ""),
+            "images": (ended or {}).get("images"),
             "total_seconds": round(sum((r or {}).get("seconds", 0.0) for r in steps.values()), 2),
         }
-        message = self.failure(steps, failed, context)
-        if message:
-            summary["outcome"] = "failed"
         self.log.info("%s", render_summary(summary))
         if message:
             self.report(message, context)
             raise AirflowFailException(message)
         return summary
 
+    def outcome(self, ended: dict[str, Any] | None, message: str | None, dry: bool) -> str:
+        if message:
+            recorded = (ended or {}).get("outcome")
+            return recorded if recorded not in (None, "succeeded", "dry-run") else "failed"
+        return "dry-run" if dry else "succeeded"
+
     def failure(
-        self, steps: dict[str, dict[str, Any] | None], failed: list[str], context: Context
+        self,
+        steps: dict[str, dict[str, Any] | None],
+        failed: list[str],
+        states: dict[str, str],
+        context: Context,
     ) -> str | None:
         """The run's failure in one line, or ``None`` when the run succeeded."""
         if not failed:
             return None
         first = failed[0]
-        reason = (steps[first] or {}).get("detail") or "did not run"
+        reason = (steps[first] or {}).get("detail") or unreported(first, states)
         subject = " ".join(filter(None, [self.stack_name, self.version and str(self.version)]))
         return f"{self.workflow} of {subject} failed at {first}: {reason}"
 
@@ -85,10 +112,20 @@ class RunSummaryOperator(BaseOperator):
         """Nothing here: the failing step has alerted already."""
 
 
+def _state_label(task_id: str, states: dict[str, str]) -> str:
+    state = states.get(task_id)
+    if state == "skipped":
+        return "skipped"
+    if state == "failed":
+        return "failed"
+    return "not run"
+
+
 def render_summary(summary: dict[str, Any]) -> str:
     """A fixed-width block that reads well in the task log."""
     subject = " ".join(filter(None, [summary["stack"], summary["version"]]))
     width = max(10, *(len(task_id) for task_id in summary["steps"]))
+    states = summary.get("states") or {}
     lines = [
         f"==== opsflow {summary['workflow']} summary: {subject} "
         f"-> {summary['outcome'].upper()} ====",
@@ -97,7 +134,9 @@ def render_summary(summary: dict[str, Any]) -> str:
     ]
     for task_id, record in summary["steps"].items():
         if record is None:
-            lines.append(f"{task_id:<{width}} {'not run':<9} {'-':>8}")
+            label = _state_label(task_id, states)
+            why = unreported(task_id, states) if label != "not run" else ""
+            lines.append(f"{task_id:<{width}} {label:<9} {'-':>8}  {why}".rstrip())
             continue
         seconds = f"{record.get('seconds', 0.0):.1f}"
         lines.append(
@@ -105,27 +144,29 @@ def render_summary(summary: dict[str, Any]) -> str:
         )
         lines.extend(f"{'':<{width}} $ {command}" for command in record.get("commands", []))
         lines.extend(f"{'':<{width}} {line}" for line in record.get("lines", []))
-    images = {
-        service: fact
-        for record in summary["steps"].values()
-        if record
-        for service, fact in record.get("images", {}).items()
-    }
+    if summary.get("running"):
+        lines.append(f"running now (as the engine reports it): {summary['running']}")
+    images = summary.get("images")
+    if images is None:  # runs without a record step: the images each step reported
+        images = {
+            service: fact
+            for record in summary["steps"].values()
+            if record
+            for service, fact in record.get("images", {}).items()
+        }
     if images:
         lines.append("images:")
         for service, fact in sorted(images.items()):
             image_id = (fact.get("id") or "?")[:19]
             lines.append(f"  {service:<12} {fact.get('image', '?')}  {image_id}")
-    health = [
-        check
-        for record in summary["steps"].values()
-        if record
-        for check in record.get("health", [])
-    ]
-    if health:
-        lines.append("health (last round):")
+    for task_id, record in summary["steps"].items():
+        health = (record or {}).get("health") or []
+        if not health:
+            continue
+        lines.append(f"health ({task_id}, last round):")
         for check in health:
-            mark = "ok  " if check.get("ok") else "FAIL"
+            ok = check.get("ok")
+            mark = "----" if ok is None else ("ok  " if ok else "FAIL")
             lines.append(f"  {mark} {check.get('name')}: {check.get('detail', '')}")
     return "\n".join(lines)
 
@@ -136,38 +177,55 @@ class UpgradeSummaryOperator(RunSummaryOperator):
     The steps of an upgrade do not alert on their own (a failed health gate is followed by
     a rollback, and the person on call needs the whole story in one message): "upgrade X ->
     Y failed at <task> with <error>; rolled back to X; healthy", or "...; rollback failed
-    at <task> with <error>; human needed".
+    at <task> with <error>; <what runs>; human needed". How it ended is what ``record``
+    decided from the engine; when ``record`` itself never ran, the summary asks the same
+    question itself.
     """
 
-    def __init__(self, *, record_task_id: str = "record", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.record_task_id = record_task_id
-
     def failure(
-        self, steps: dict[str, dict[str, Any] | None], failed: list[str], context: Context
+        self,
+        steps: dict[str, dict[str, Any] | None],
+        failed: list[str],
+        states: dict[str, str],
+        context: Context,
     ) -> str | None:
-        ended = context["ti"].xcom_pull(task_ids=self.record_task_id) or {}
-        outcome = ended.get("outcome")
-        if outcome in ("succeeded", "dry-run"):
+        ended = context["ti"].xcom_pull(task_ids=RECORD_TASK) or {}
+        if ended.get("outcome") in ("succeeded", "dry-run"):
             return None
-        if not ended:  # the ledger record itself failed: fall back to the step records
-            first = next((t for t in failed if t != self.record_task_id), self.record_task_id)
-            ended = {"failed_task": first, "error": (steps.get(first) or {}).get("detail")}
+        if ended.get("alert"):
+            return str(ended["alert"])
+        known, alert = self._settle_here(context)
+        if known:
+            return alert
+        # Stopped before the snapshot: nothing changed, the failing step says why.
+        first = next((t for t in failed if t != RECORD_TASK), RECORD_TASK)
+        error = (steps.get(first) or {}).get("detail") or unreported(first, states)
         pre = context["ti"].xcom_pull(task_ids="preflight") or {}
         source = ended.get("from_version") or pre.get("from_version") or "?"
-        move = f"{self.stack_name} {source} -> {self.version}"
-        head = (
-            f"upgrade {move} failed at {ended.get('failed_task')} "
-            f"with {ended.get('error') or 'no error recorded'}"
+        return (
+            f"upgrade {self.stack_name} {source} -> {self.version} failed at "
+            f"{ended.get('failed_task') or first} with {ended.get('error') or error}; "
+            "the running release was not changed"
         )
-        if outcome == "rolled-back":
-            return f"{head}; rolled back to {ended.get('rolled_back_to')}; healthy"
-        if outcome == "rollback-failed":
-            return (
-                f"{head}; rollback failed at {ended.get('rollback_failed_task')} with "
-                f"{ended.get('rollback_error')}; human needed"
-            )
-        return f"{head}; the running release was not changed"
+
+    def _settle_here(self, context: Context) -> tuple[bool, str | None]:
+        """(known, alert): how the run ended when ``record`` did not say; unknown when the
+        upgrade stopped before its snapshot."""
+        from opsflow.operators.release import entry_id, settle_upgrade_run
+        from opsflow.releases.ledger import Ledger
+        from opsflow.releases.switch import ReleaseSwitch
+        from opsflow.stack.loader import load_stack
+
+        if as_bool(self.is_dry_run):
+            return True, None
+        entry = Ledger(self.stack_name).get(entry_id(context))
+        if entry is None or not entry.snapshot:
+            return False, None
+        switch = ReleaseSwitch(load_stack(self.stack_name), self.log)
+        upgrade_steps = [t for t in self.step_task_ids if t not in ("rollback", "rollback_verify")]
+        upgrade_steps = upgrade_steps[: upgrade_steps.index("verify") + 1]
+        settled, _ = settle_upgrade_run(switch, entry, context, upgrade_steps)
+        return True, settled.alert(self.stack_name, entry.from_version, entry.version)
 
     def report(self, message: str, context: Context) -> None:
         from opsflow.notifiers.routes import send_alert

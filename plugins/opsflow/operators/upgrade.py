@@ -1,15 +1,19 @@
-"""Operators of ``<stack>__upgrade``: preflight, snapshot, pre-upgrade backup, the automatic
-rollback and the ledger record. The build, migrate and start steps are the deploy's.
+"""Operators of ``<stack>__upgrade``: preflight, snapshot, pre-upgrade backup and the
+automatic rollback (the build, migrate and start steps are the deploy's).
 
-The ledger entry of the run (``<dag_id>/<run_id>``) is written at preflight and carries
-the snapshot and the backup id, so a run that is cleared and run again after its task
-process died resumes with the snapshot of the release it left, never with a snapshot of
-the half-upgraded stack.
+Every step may be retried: Airflow retries a task that failed before it ran (a worker that
+could not reach the API server), so a verdict (a failed check, a failed migration, a gate
+that timed out) raises :class:`AirflowFailException`, which is never retried.
+
+The ledger entry of the run carries the snapshot, the backup id and the new release's
+image ids, so a run that is cleared and run again after a crash resumes with the snapshot
+of the release it left, never with a snapshot of the half-upgraded stack.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +23,19 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from opsflow.backup.manifest import new_backup_id, utcnow
-from opsflow.operators.compose import ComposeStepOperator
-from opsflow.operators.steps import RECORD_KEY, StepOperator, StepRecord, as_bool, first_line
-from opsflow.releases.ledger import Ledger, LedgerEntry, check_version, now_iso
+from opsflow.operators.release import (
+    MIGRATION_STARTED,
+    ReleaseStepOperator,
+    entry_id,
+    step_facts,
+    step_records,
+    task_states,
+    triggered_by,
+    upgrade_releases,
+)
+from opsflow.operators.steps import StepRecord, first_line
+from opsflow.releases.ledger import RELEASE_ACTIONS, Ledger, LedgerEntry, check_version
+from opsflow.releases.outcome import rollback_decision
 from opsflow.releases.switch import ReleaseSwitch, Snapshot, postgres_source_names
 from opsflow.stack.loader import load_stack
 from opsflow.stack.model import Stack
@@ -29,35 +43,8 @@ from opsflow.stack.model import Stack
 PREFLIGHT_TASK = "preflight"
 SNAPSHOT_TASK = "snapshot"
 BACKUP_TASK = "pre_upgrade_backup"
-MIGRATION_STARTED = "migration started"
-# Steps whose failure triggers the rollback (everything after the snapshot).
-ROLLBACK_TRIGGERS = ("pre_upgrade_backup", "build", "pull", "migrate", "start", "verify")
-
-
-def entry_id(context: Context) -> str:
-    ti = context["ti"]
-    return f"{ti.dag_id}/{ti.run_id}"
-
-
-def triggered_by(context: Context) -> str:
-    dag_run = context["dag_run"]
-    user = getattr(dag_run, "triggering_user_name", None)
-    kind = str(getattr(dag_run, "run_type", "manual")).rsplit(".", 1)[-1].lower()
-    return f"{kind} by {user}" if user else kind
-
-
-def step_records(context: Context, task_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-    ti = context["ti"]
-    return {task_id: ti.xcom_pull(task_ids=task_id, key=RECORD_KEY) for task_id in task_ids}
-
-
-def first_failure(records: dict[str, dict[str, Any] | None]) -> tuple[str, str] | None:
-    """The first step that reported a failure, with its error (callers treat a step that
-    never reported, e.g. because its task process died, separately)."""
-    for task_id, record in records.items():
-        if record is not None and record["status"] == "failed":
-            return task_id, record.get("detail") or "failed"
-    return None
+# Outcomes after which the stack may be half-upgraded: a run that ended so resumes.
+UNSETTLED = ("running", "rollback-failed")
 
 
 def healthy_now(stack: Stack) -> list[str]:
@@ -79,56 +66,67 @@ def healthy_now(stack: Stack) -> list[str]:
     ]
 
 
-class ReleaseStepOperator(StepOperator):
-    """Base: the stack, its release switch and this run's ledger entry."""
+def archive_attempt(ledger: Ledger, entry: LedgerEntry) -> str:
+    """Keep a settled attempt of this run (and its rollback) under ids of their own before
+    the run starts over, so clearing a run never erases what its first attempt did."""
+    ids = {e.entry_id for e in ledger.entries()}
+    number = 1
+    while f"{entry.entry_id}/attempt-{number}" in ids:
+        number += 1
+    suffix = f"attempt-{number}"
+    ledger.write(dataclasses.replace(entry, entry_id=f"{entry.entry_id}/{suffix}"))
+    rollback = ledger.get(f"{entry.entry_id}/rollback")
+    if rollback is not None:
+        ledger.write(dataclasses.replace(rollback, entry_id=f"{rollback.entry_id}/{suffix}"))
+    return suffix
 
-    template_fields: Sequence[str] = ("is_dry_run", "version")
-    ui_color = "#e6f4ea"
 
-    def __init__(self, *, version: str, **kwargs: Any) -> None:
-        kwargs.setdefault("on_failure_callback", None)  # the summary sends one alert per run
-        super().__init__(**kwargs)
-        self.version = version
-
-    def switch(self) -> ReleaseSwitch:
-        return ReleaseSwitch(load_stack(self.stack_name), self.log)
-
-    def entry(self, context: Context) -> LedgerEntry:
-        entry = Ledger(self.stack_name).get(entry_id(context))
-        if entry is None:
-            raise AirflowFailException(
-                f"no ledger entry {entry_id(context)}: preflight did not run"
-            )
-        return entry
+def unsettled_elsewhere(ledger: Ledger, own_id: str) -> LedgerEntry | None:
+    """The newest release action of the stack, when another run left it unsettled."""
+    actions = [
+        e
+        for e in ledger.entries()
+        if e.action in RELEASE_ACTIONS and "/attempt-" not in e.entry_id
+        and not e.entry_id.startswith(f"{own_id}/") and e.entry_id != own_id
+    ]  # fmt: skip
+    newest = actions[-1] if actions else None
+    if newest is not None and newest.outcome in UNSETTLED and newest.snapshot is not None:
+        return newest
+    return None
 
 
 class UpgradePreflightOperator(ReleaseStepOperator):
-    """Refuse to start unless the stack is healthy, the target can be fetched, the config
-    is valid and there is room for the pre-upgrade backup; then open the ledger entry."""
+    """Refuse to start unless the stack runs its recorded release and is healthy, the
+    target can be fetched, the config is valid and there is room for the pre-upgrade
+    backup; then open the ledger entry. A cleared run resumes its unsettled entry."""
 
     def run(self, record: StepRecord, context: Context) -> dict[str, Any]:
         target = check_version(str(self.version))
         switch = self.switch()
         ledger = switch.ledger
-        entry = ledger.get(entry_id(context))
-        if entry is not None and entry.outcome == "running" and not record.dry_run:
-            record.lines = [
-                f"resuming {entry.describe()}: the snapshot and backup of the first attempt "
-                "are reused; the stack may be half-upgraded, so its health is not required"
-            ]
-            record.detail = f"resumed {entry.from_version} -> {target}"
-            return {"from_version": entry.from_version, "to_version": target, "resumed": True}
+        own_id = entry_id(context)
+        entry = ledger.get(own_id)
+        if entry is not None and not record.dry_run:
+            resumed = self._resume(entry, ledger, target, record)
+            if resumed is not None:
+                return resumed
         current = ledger.current()
         if current is None:
             raise AirflowFailException(
                 f"no release of {self.stack_name} is recorded in {ledger.path}: deploy one "
                 f"with {self.stack_name}__deploy first, so there is something to roll back to"
             )
+        other = unsettled_elsewhere(ledger, own_id)
+        if other is not None:
+            raise AirflowFailException(
+                f"{self.stack_name} has an unsettled {other.describe()}: clear that run to "
+                f"resume it, or put a release back with {self.stack_name}__rollback"
+            )
         if not record.dry_run:
             # Opened before the checks: the entry's start is when this run held the lock.
             ledger.write(
                 LedgerEntry(
-                    entry_id=entry_id(context),
+                    entry_id=own_id,
                     stack=self.stack_name,
                     action="upgrade",
                     version=target,
@@ -145,9 +143,49 @@ class UpgradePreflightOperator(ReleaseStepOperator):
                 f"(use {self.stack_name}__deploy to redeploy the same version)"
             )
         record.lines = [f"current release {current.version} (from the ledger), target {target}"]
+        recorded = current.entry.image_ids() if current.entry else {}
+        if recorded:
+            observed = switch.observe([(current.version, recorded)])
+            if observed.release != current.version:
+                raise AirflowFailException(
+                    f"{self.stack_name} does not run its recorded release {current.version} "
+                    f"({observed.describe()}): an upgrade would snapshot an unknown state; "
+                    f"put a release back with {self.stack_name}__rollback first"
+                )
+            record.lines.append(f"running now: {observed.describe()} (asked the engine)")
         self._checks(switch, target, record)
         record.detail = f"{current.version} -> {target}: all checks passed"
         return {"from_version": current.version, "to_version": target, "resumed": False}
+
+    def _resume(
+        self, entry: LedgerEntry, ledger: Ledger, target: str, record: StepRecord
+    ) -> dict[str, Any] | None:
+        """Continue this run's own upgrade when it may have left the stack half-upgraded."""
+        if entry.outcome == "succeeded":
+            raise AirflowFailException(
+                f"this run already ended: {entry.describe()}; trigger a new run to upgrade again"
+            )
+        if entry.snapshot is None:
+            return None  # nothing was changed yet: start over
+        if entry.outcome not in UNSETTLED:
+            suffix = archive_attempt(ledger, entry)
+            record.lines.append(f"the earlier attempt ({entry.describe()}) is kept as {suffix}")
+            return None
+        if entry.version != target:
+            raise AirflowFailException(
+                f"this run's ledger entry upgrades to {entry.version}, not {target}"
+            )
+        previous = Snapshot.from_dict(entry.snapshot).version
+        entry.outcome, entry.ended_at, entry.failed_task, entry.error = "running", None, None, None
+        entry.notes.append("resumed")
+        ledger.write(entry)
+        record.lines = [
+            f"resuming {entry.describe()}: the snapshot of {previous} and the backup "
+            f"{entry.backup_id or '(none yet)'} of the first attempt are reused; the stack may "
+            "be half-upgraded, so its health is not required"
+        ]
+        record.detail = f"resumed {previous} -> {target}"
+        return {"from_version": previous, "to_version": target, "resumed": True}
 
     def _checks(self, switch: ReleaseSwitch, target: str, record: StepRecord) -> None:
         stack = switch.stack
@@ -182,7 +220,7 @@ class UpgradePreflightOperator(ReleaseStepOperator):
             ]
             if missing:
                 raise AirflowFailException(f"build context missing for {'; '.join(missing)}")
-            return f"buildable: every build context of {target} exists"
+            return f"buildable: every build context of {target} exists (built before the backup)"
         from opsflow.runtimes.engine import image_facts
 
         facts = image_facts(sorted(set(images.values())))
@@ -278,29 +316,12 @@ class PreUpgradeBackupOperator(ReleaseStepOperator):
         return {"backup_id": manifest.backup_id}
 
 
-class UpgradeComposeStepOperator(ComposeStepOperator):
-    """A deploy step inside an upgrade: alerts come from the summary, and the migration
-    notes in the ledger that it started (a rollback must then restore the data, even if
-    this task's process dies before it can report)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("on_failure_callback", None)
-        super().__init__(**kwargs)
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        if self.step == "migrate" and not as_bool(self.is_dry_run):
-            ledger = Ledger(self.stack_name)
-            entry = ledger.get(entry_id(context))
-            if entry is not None and MIGRATION_STARTED not in entry.notes:
-                entry.notes.append(MIGRATION_STARTED)
-                ledger.write(entry)
-        return super().execute(context)
-
-
 class UpgradeRollbackOperator(ReleaseStepOperator):
-    """Always runs; when a step after the snapshot failed, put the previous release back:
-    stop the new one, restore images and config, restore the data if a migration started
-    (or run the declared safe down-migration), start the previous release."""
+    """Always runs; unless the new release is verified and is what runs (or nothing of it
+    reached the stack), put the previous release back: stop the new one, restore images
+    and config, restore the data if a migration started (or run the declared safe
+    down-migration), start the previous release. Decided from the ledger and the engine,
+    so a step that failed without running can never make it skip."""
 
     def __init__(self, *, step_task_ids: Sequence[str], **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
@@ -310,47 +331,60 @@ class UpgradeRollbackOperator(ReleaseStepOperator):
     def run(self, record: StepRecord, context: Context) -> dict[str, Any]:
         if record.dry_run:
             raise AirflowSkipException("dry run: nothing to roll back")
-        records = step_records(context, [SNAPSHOT_TASK, *self.step_task_ids])
-        snapshot_record = records.pop(SNAPSHOT_TASK)
-        if not snapshot_record or snapshot_record["status"] != "ok":
-            raise AirflowSkipException("the upgrade stopped before the snapshot: nothing changed")
-        failure = first_failure(records)
-        unreported = [t for t, r in records.items() if r is None]
-        if failure is None and not unreported:
-            raise AirflowSkipException("the upgrade succeeded: nothing to roll back")
-        entry = self.entry(context)
-        snapshot = Snapshot.from_dict(entry.snapshot or {})
         target = check_version(str(self.version))
-        reason = f"{failure[0]}: {failure[1]}" if failure else f"{unreported[0]} did not finish"
-        record.lines = [f"rolling back {target} -> {snapshot.version} because {reason}"]
-        data = self._switch_back(entry, snapshot, target, records, context, record)
+        entry = Ledger(self.stack_name).get(entry_id(context))
+        if entry is None or not entry.snapshot:
+            raise AirflowSkipException("the upgrade stopped before the snapshot: nothing changed")
+        snapshot = Snapshot.from_dict(entry.snapshot)
+        records = step_records(context, self.step_task_ids)
+        facts = step_facts(records, states=task_states(context))
+        switch = self.switch()
+        observed = switch.observe(upgrade_releases(entry))
+        migrated = MIGRATION_STARTED in entry.notes or records.get("migrate") is not None
+        touched = (
+            migrated
+            or records.get("start") is not None
+            or observed.release != snapshot.version
+            or switch.save_config().digest != snapshot.config_digest
+        )
+        decision = rollback_decision(
+            target=target,
+            previous=snapshot.version,
+            has_snapshot=True,
+            facts=facts,
+            observed=observed,
+            touched=touched,
+        )
+        if not decision.needed:
+            raise AirflowSkipException(decision.reason)
+        record.lines = [
+            f"rolling back {target} -> {snapshot.version} because {decision.reason}",
+            f"running before the rollback: {observed.describe()}",
+        ]
+        data = self._switch_back(switch, entry, snapshot, target, migrated, context, record)
         record.detail = f"back on {snapshot.version} ({data})"
-        return {"version": snapshot.version, "data": data, "reason": reason}
+        return {"version": snapshot.version, "data": data, "reason": decision.reason}
 
     def _switch_back(
         self,
+        switch: ReleaseSwitch,
         entry: LedgerEntry,
         snapshot: Snapshot,
         target: str,
-        records: dict[str, dict[str, Any] | None],
+        migrated: bool,
         context: Context,
         record: StepRecord,
     ) -> str:
-        switch = self.switch()
-        migrated = MIGRATION_STARTED in entry.notes or records.get("migrate") is not None
-        touched = migrated or records.get("start") is not None
-        if touched:
-            stopped = switch.stop_app(target)
-            record.lines.append(f"stopped {', '.join(stopped)} of {target}")
+        stopped = switch.stop_app(target)
+        record.lines.append(f"stopped {', '.join(stopped)}")
         record.lines += switch.put_back_images(snapshot.images)
         changed = switch.put_back_config(snapshot.config_digest)
         record.lines.append(f"config put back: {', '.join(changed) or 'unchanged'}")
         data = "data untouched (no migration ran)"
         if migrated:
             data = self._put_back_data(switch, entry, snapshot, target, context, record)
-        if touched or changed:
-            switch.start(snapshot.version)
-            record.lines.append(f"started {snapshot.version}")
+        switch.start(snapshot.version)
+        record.lines.append(f"started {snapshot.version}")
         return data
 
     def _put_back_data(
@@ -374,139 +408,3 @@ class UpgradeRollbackOperator(ReleaseStepOperator):
             )
         record.lines += switch.restore_databases(entry.backup_id, context["run_id"])
         return f"databases restored from {entry.backup_id}"
-
-
-class LedgerRecordOperator(StepOperator):
-    """Always runs: write how the run ended into the ledger (upgrade runs: and the
-    automatic rollback as its own entry)."""
-
-    template_fields: Sequence[str] = ("is_dry_run", "version")
-    ui_color = "#fdf3e1"
-
-    def __init__(
-        self,
-        *,
-        action: str,
-        version: str,
-        step_task_ids: Sequence[str],
-        images_from: str | None = None,
-        backup_from: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("trigger_rule", "all_done")
-        kwargs.setdefault("retries", 1)
-        super().__init__(**kwargs)
-        self.action = action
-        self.version = version
-        self.step_task_ids = list(step_task_ids)
-        self.images_from = images_from
-        self.backup_from = backup_from
-
-    def run(self, record: StepRecord, context: Context) -> dict[str, Any]:
-        version = check_version(str(self.version))
-        records = step_records(context, self.step_task_ids)
-        failure = first_failure(records)
-        unreported = [t for t, r in records.items() if r is None]
-        ok = failure is None and not unreported
-        if record.dry_run:
-            record.detail = "dry run: nothing recorded"
-            return {"outcome": "dry-run"}
-        ledger = Ledger(self.stack_name)
-        entry = ledger.get(entry_id(context)) or LedgerEntry(
-            entry_id=entry_id(context),
-            stack=self.stack_name,
-            action=self.action,
-            version=version,
-            run_id=context["run_id"],
-            dag_id=context["ti"].dag_id,
-            triggered_by=triggered_by(context),
-            started_at=_run_start(context),
-        )
-        result = self._finish(entry, records, failure, unreported, ok, context)
-        ledger.write(entry)
-        if entry.action == "upgrade" and result.get("rollback"):
-            ledger.write(result.pop("rollback"))
-        record.detail = entry.describe()
-        return result
-
-    def _finish(
-        self,
-        entry: LedgerEntry,
-        records: dict[str, dict[str, Any] | None],
-        failure: tuple[str, str] | None,
-        unreported: list[str],
-        ok: bool,
-        context: Context,
-    ) -> dict[str, Any]:
-        ti = context["ti"]
-        entry.ended_at = now_iso()
-        if self.images_from and (fetched := records.get(self.images_from)):
-            entry.images = {
-                service: {"image": fact["image"], "id": fact.get("id")}
-                for service, fact in fetched.get("images", {}).items()
-            }
-        if self.backup_from and (backup := ti.xcom_pull(task_ids=self.backup_from)):
-            entry.backup_id = entry.backup_id or backup.get("backup_id")
-        if entry.action == "deploy" and ok and not entry.config_digest:
-            switch = ReleaseSwitch(load_stack(self.stack_name), self.log)
-            applied = switch.save_config()
-            entry.config_digest, entry.config_files = applied.digest, applied.files
-            entry.stack_file_digest = switch.stack_file_digest()
-        if ok:
-            entry.outcome = "succeeded"
-            return {"outcome": entry.outcome, "version": entry.version}
-        failed_task, error = failure or (unreported[0], "did not finish")
-        entry.failed_task, entry.error = failed_task, error
-        entry.outcome = "failed"
-        result: dict[str, Any] = {
-            "outcome": "failed",
-            "version": entry.version,
-            "from_version": entry.from_version,
-            "failed_task": failed_task,
-            "error": error,
-        }
-        if entry.action == "upgrade":
-            self._rollback_outcome(entry, result, context)
-        return result
-
-    def _rollback_outcome(
-        self, entry: LedgerEntry, result: dict[str, Any], context: Context
-    ) -> None:
-        """Upgrades: say whether the automatic rollback brought the previous release back."""
-        rollback = step_records(context, ["rollback", "rollback_verify"])
-        done = rollback["rollback"]
-        if not done or done["status"] == "skipped" or not entry.snapshot:
-            return
-        failure = first_failure(rollback)
-        healthy = failure is None and rollback["rollback_verify"] is not None
-        entry.outcome = "rolled-back" if healthy else "rollback-failed"
-        result["outcome"] = entry.outcome
-        snapshot = Snapshot.from_dict(entry.snapshot)
-        if not healthy:
-            task, error = failure or ("rollback_verify", "did not finish")
-            result["rollback_failed_task"], result["rollback_error"] = task, error
-        back = context["ti"].xcom_pull(task_ids="rollback") or {}
-        result["rollback"] = LedgerEntry(
-            entry_id=f"{entry.entry_id}/rollback",
-            stack=entry.stack,
-            action="rollback",
-            version=snapshot.version,
-            from_version=entry.version,
-            run_id=entry.run_id,
-            dag_id=entry.dag_id,
-            triggered_by=f"automatic rollback of {entry.entry_id}",
-            ended_at=now_iso(),
-            images=snapshot.images,
-            config_digest=snapshot.config_digest,
-            backup_id=entry.backup_id if "restored" in str(back.get("data")) else None,
-            outcome="succeeded" if healthy else "failed",
-            failed_task=None if healthy else result.get("rollback_failed_task"),
-            error=None if healthy else result.get("rollback_error"),
-            notes=[str(back.get("data") or "")],
-        )
-        result["rolled_back_to"] = snapshot.version
-
-
-def _run_start(context: Context) -> str:
-    started = getattr(context["dag_run"], "start_date", None)
-    return started.isoformat(timespec="seconds") if started else now_iso()

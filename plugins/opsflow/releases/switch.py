@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from opsflow.backup.manifest import BackupError, new_backup_id, utcnow
 from opsflow.backup.stream import check_artifact
 from opsflow.releases.ledger import ConfigSnapshot, Ledger, check_version
+from opsflow.releases.outcome import Observation, observe
 from opsflow.runtimes.compose import ComposeProject
 from opsflow.runtimes.process import LineLogger
 from opsflow.stack.model import ComposeRuntime, Stack
@@ -92,6 +94,13 @@ class ReleaseSwitch:
             for service, fact in sorted(images.items())
             if not facts[str(fact["id"])]["id"]
         ]
+
+    def observe(self, releases: Sequence[tuple[str, Mapping[str, str]]]) -> Observation:
+        """Which of ``releases`` (``[(version, {service: image id})]``, preferred first) the
+        versioned services run now, as the engine reports it."""
+        from opsflow.runtimes.engine import project_containers
+
+        return observe(project_containers(self.project.name), self.app_services(), releases)
 
     def snapshot(self, version: str) -> tuple[Snapshot, list[str]]:
         """The running release as the ledger recorded it, checked against the engine."""

@@ -8,6 +8,7 @@ the API instead of parsing CLI output.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,55 @@ def tag_image(image_id: str, reference: str) -> None:
     repository, tag = split_reference(reference)
     if not client.tag(image_id, repository, tag, force=True):
         raise RuntimeError(f"docker refused to tag {image_id} as {reference}")
+
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """One container of a Compose service as the engine reports it now."""
+
+    service: str
+    name: str
+    image_id: str
+    state: str  # created | running | restarting | exited | paused | dead
+    health: str | None  # healthy | unhealthy | starting, or None without a healthcheck
+    restarts: int
+
+    @property
+    def up(self) -> bool:
+        return self.state in ("running", "restarting")
+
+
+def project_containers(project: str) -> list[ContainerState]:
+    """Every long-running container of a Compose project (one-off ``run`` containers of a
+    migration are left out), in any state: what really runs, whatever the tasks reported."""
+    from airflow.providers.docker.hooks.docker import DockerHook
+    from docker.errors import NotFound
+
+    client = DockerHook(docker_conn_id=None, base_url=docker_url()).api_client
+    rows = client.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
+    found = []
+    for row in rows:
+        labels = row.get("Labels") or {}
+        if str(labels.get(ONEOFF_LABEL, "")).lower() == "true":
+            continue
+        try:
+            info = client.inspect_container(row["Id"])
+        except NotFound:
+            continue  # removed between the listing and the inspect
+        state = info.get("State") or {}
+        found.append(
+            ContainerState(
+                service=str(labels.get(SERVICE_LABEL, "")),
+                name=str(info.get("Name", "")).lstrip("/"),
+                image_id=str(info.get("Image", "")),
+                state=str(state.get("Status", "")),
+                health=(state.get("Health") or {}).get("Status"),
+                restarts=int(info.get("RestartCount") or 0),
+            )
+        )
+    return sorted(found, key=lambda c: (c.service, c.name))

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from pydantic import ValidationError
 
 from opsflow.stack.model import ContainerCheck, HealthCheck, HealthGate, parse_duration
@@ -37,6 +37,7 @@ DEFAULT_TIMEOUT_MARGIN = 30.0
 DEFER_GRACE = 120.0
 """The deferral outlives the gate so the trigger's timeout event, with details, comes first."""
 COMPOSE_CONFIG_TIMEOUT = 60.0
+GATE_LINE_LIMIT = 400
 
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -134,8 +135,15 @@ def format_gate_failure(event: Mapping[str, Any]) -> str:
     """One summary line, then one line per failing check with its last error."""
     elapsed = float(event.get("elapsed") or 0)
     reason = event.get("reason") or "timed out"
-    lines = [f"health gate failed after {elapsed:.0f}s: {reason}"]
     failing = event.get("failing") or []
+    head = f"health gate failed after {elapsed:.0f}s ({reason})"
+    if failing:
+        # The first line becomes the alert: it names the failing check and its last error.
+        more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
+        head += f": {failing[0].get('name')}: {failing[0].get('detail')}{more}"
+    if len(head) > GATE_LINE_LIMIT:
+        head = head[: GATE_LINE_LIMIT - 3] + "..."
+    lines = [head]
     if failing and not any(not r.get("ok", True) for r in event.get("results") or []):
         lines.append("  most recent failures:")
     lines += [f"  - {item.get('name')}: {item.get('detail')}" for item in failing]
@@ -154,10 +162,6 @@ def _seconds(name: str, value: Any, *, allow_zero: bool) -> float:
     return seconds
 
 
-def _has_template(value: Any) -> bool:
-    return "{{" in json.dumps(value, default=str)
-
-
 class HealthGateSensor(BaseSensorOperator):
     """Wait until every check passes ``consecutive`` rounds in a row, in the triggerer.
 
@@ -170,7 +174,9 @@ class HealthGateSensor(BaseSensorOperator):
     :param timeout_margin: seconds added to the window-derived timeout.
     """
 
-    template_fields: Sequence[str] = ("checks", "compose")
+    # Checks and the compose context come from stack files: they are data and reach the
+    # trigger exactly as written, so they are never rendered as templates.
+    template_fields: Sequence[str] = ()
     ui_color = "#d6f5e3"
 
     def __init__(
@@ -204,8 +210,7 @@ class HealthGateSensor(BaseSensorOperator):
             self.compose = dict(compose) if compose is not None else None
         else:
             raise ValueError(f"compose must be a ComposeContext or a mapping, got {compose!r}")
-        if not _has_template(self.checks) and not _has_template(self.compose):
-            self._validated()
+        self._validated()
 
     @classmethod
     def for_gate(
@@ -329,9 +334,11 @@ class HealthGateSensor(BaseSensorOperator):
                 "elapsed": event.get("elapsed"),
                 "checks": results,
             }
+        # A gate that ran and failed is a verdict: never retried (a retry would only wait out
+        # the timeout again). Failures before the gate ran are retried by Airflow.
         if status == "timeout":
-            raise AirflowException(format_gate_failure(event))
-        raise AirflowException(str(event.get("message") or f"health gate event: {event!r}"))
+            raise AirflowFailException(format_gate_failure(event))
+        raise AirflowFailException(str(event.get("message") or f"health gate event: {event!r}"))
 
 
 class HttpHealthSensor(HealthGateSensor):
