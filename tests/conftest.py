@@ -40,6 +40,31 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
+# Tests that share the e2e Compose project or the test image tags run on one worker, in
+# order; every other module is one unit of work (its module fixtures are set up once).
+ENGINE_GROUP = "engine"
+ENGINE_MODULES = ("tests/e2e/", "tests/integration/test_demo_stack.py")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to under ``pytest -n N`` (make test)."""
+    module = nodeid.split("::", 1)[0]
+    return ENGINE_GROUP if module.startswith(ENGINE_MODULES) else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Workers get whole units (see :func:`work_unit`): the waits are on Docker, PostgreSQL
+    and Airflow subprocesses, so two workers overlap them on two cores. (xdist's own
+    ``loadgroup`` marks are ignored by pytest 9's node ids, hence a scheduler.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return UnitScheduling(config, log)
+
+
 # ============================================================================================
 # Section: Airflow home, SMTP server and HTTP receiver (used by the alert notifier tests)
 # ============================================================================================
@@ -592,6 +617,15 @@ class DemoDeployment:
         except OSError:
             result = self.dags_test({"version": "1.0.0"})
             assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+    def reset(self) -> None:
+        """Back to a machine that never ran the stack: no containers, volumes or ledger.
+
+        Earlier modules (backups, crash recovery) leave releases and data behind; a test
+        that starts from nothing asks for nothing explicitly instead of relying on order.
+        """
+        self.compose("down", "--volumes", "--remove-orphans")
+        shutil.rmtree(self.env["OPSFLOW_STATE_DIR"], ignore_errors=True)
 
     def volume(self, name: str) -> Path:
         """Host path of one of the project's named volumes."""

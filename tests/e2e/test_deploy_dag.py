@@ -34,6 +34,7 @@ def _output(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_deploy_1_0_0_on_a_clean_machine_ends_ready(deployment: DemoDeployment) -> None:
+    deployment.reset()
     result = deployment.dags_test({"version": "1.0.0"})
     out = _output(result)
 

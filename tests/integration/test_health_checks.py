@@ -319,9 +319,12 @@ def test_gates_through_airflow_dags_test(
     output = completed.stdout + completed.stderr
     assert "Health gate passed after 2 rounds" in output, output[-4000:]
     assert "postgres opsflow_e2e_pg: SELECT 1 ok" in output
-    assert re.search(r"health gate failed after [23]s: 1 of 1 checks failing", output), output[
-        -4000:
-    ]
+    # The first line names the failing check and its error: it is what the alert says.
+    assert re.search(
+        r"health gate failed after [23]s \(1 of 1 checks failing\): "
+        r"redis opsflow_e2e_redis_bad: AuthenticationError",
+        output,
+    ), output[-4000:]
     assert "  - redis opsflow_e2e_redis_bad: AuthenticationError" in output
     assert completed.returncode != 0  # gate_bad failed the run
     for secret in (wrong, redis_server.password, postgres_server.password):
