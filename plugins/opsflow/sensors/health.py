@@ -1,134 +1,53 @@
 """Deferrable health sensors: the stack-level gate and thin one-check variants.
 
-``execute()`` defers at once to :class:`~opsflow.triggers.health.HealthGateTrigger`, so
-waiting for a stack to become healthy holds no worker slot. The gate's timeout is raised
-to cover the slowest Compose healthcheck's unhealthy window: a gate that gives up before
-Docker itself would call a container unhealthy reports failures that are only slowness.
+``execute()`` runs the first rounds in the worker and, unless they already pass, defers to
+:class:`~opsflow.triggers.health.HealthGateTrigger`, so waiting for a stack to become
+healthy holds no worker slot. The gate's timeout is raised to cover the runtime's own
+unhealthy window: a gate that gives up before Docker itself would call a container
+unhealthy reports failures that are only slowness.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-import os
-import re
-import subprocess
+import time
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from pydantic import ValidationError
 
-from opsflow.stack.model import ContainerCheck, HealthCheck, HealthGate, parse_duration
-from opsflow.triggers.checks import ComposeContext, check_from_data, check_name, check_to_data
+from opsflow.durations import parse_duration
+from opsflow.health import (
+    ContainerCheck,
+    HealthCheck,
+    check_from_data,
+    check_name,
+    check_to_data,
+)
+from opsflow.stack.model import HealthGate
+
+if TYPE_CHECKING:
+    from opsflow.runtimes.base import RuntimeContext
 
 log = logging.getLogger(__name__)
-
-# Docker's defaults for a healthcheck field that is missing (or 0, which means "inherit").
-DOCKER_HEALTH_INTERVAL = 30.0
-DOCKER_HEALTH_TIMEOUT = 30.0
-DOCKER_HEALTH_RETRIES = 3
-DOCKER_HEALTH_START_PERIOD = 0.0
 
 DEFAULT_TIMEOUT_MARGIN = 30.0
 """Seconds added on top of the Compose unhealthy window and the gate's own rounds."""
 DEFER_GRACE = 120.0
 """The deferral outlives the gate so the trigger's timeout event, with details, comes first."""
-COMPOSE_CONFIG_TIMEOUT = 60.0
 GATE_LINE_LIMIT = 400
-
-_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(value: Any, default: float) -> float:
-    """Seconds of a Compose duration (``1m30s``, ``500ms``; a bare number is seconds).
-
-    Missing, zero or unreadable values give ``default``, as Docker does for 0.
-    """
-    if value is None or isinstance(value, bool):
-        return default
-    if isinstance(value, (int, float)):
-        return float(value) if value > 0 else default
-    text = str(value).strip()
-    parts = _GO_DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        try:
-            seconds = float(text)
-        except ValueError:
-            return default
-        return seconds if seconds > 0 else default
-    seconds = sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
-    return seconds if seconds > 0 else default
+INLINE_ROUNDS_MAX_SECONDS = 30.0
+"""The longest a gate's first rounds may hold the worker before it defers."""
 
 
-def _healthcheck_disabled(healthcheck: Mapping[str, Any]) -> bool:
-    test = healthcheck.get("test")
-    return bool(healthcheck.get("disable")) or test == ["NONE"] or test == "NONE"
+async def _one_round(checks: list[HealthCheck], runtime: RuntimeContext | None) -> list[Any]:
+    from opsflow.health import run_check
 
-
-def compose_unhealthy_window(compose_config_json: Mapping[str, Any]) -> float:
-    """Longest time Docker may take to call a service unhealthy, over all services.
-
-    Per service: ``start_period + (interval + timeout) * retries``, with Docker's defaults
-    for missing fields. Services without a (enabled) healthcheck contribute nothing.
-    """
-    services = compose_config_json.get("services") or {}
-    worst = 0.0
-    if not isinstance(services, Mapping):
-        return worst
-    for service in services.values():
-        healthcheck = service.get("healthcheck") if isinstance(service, Mapping) else None
-        if not isinstance(healthcheck, Mapping) or _healthcheck_disabled(healthcheck):
-            continue
-        interval = parse_go_duration(healthcheck.get("interval"), DOCKER_HEALTH_INTERVAL)
-        timeout = parse_go_duration(healthcheck.get("timeout"), DOCKER_HEALTH_TIMEOUT)
-        start = parse_go_duration(healthcheck.get("start_period"), DOCKER_HEALTH_START_PERIOD)
-        retries = healthcheck.get("retries")
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries <= 0:
-            retries = DOCKER_HEALTH_RETRIES
-        worst = max(worst, start + (interval + timeout) * retries)
-    return worst
-
-
-def read_compose_config(
-    compose: ComposeContext, env: Mapping[str, str] | None = None
-) -> dict[str, Any] | None:
-    """``docker compose config --format json`` of the project, or None (with a warning).
-
-    ``env`` adds variables the compose file interpolates (e.g. the release version).
-    """
-    argv = [*compose.base_argv(), "config", "--format", "json"]
-    try:
-        completed = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=COMPOSE_CONFIG_TIMEOUT,
-            check=False,
-            cwd=compose.working_dir,
-            env={**os.environ, **(env or {})},
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("Cannot read the compose config of %s: %s", compose.project, exc)
-        return None
-    if completed.returncode != 0:
-        lines = completed.stderr.strip().splitlines()
-        log.warning(
-            "docker compose config failed for %s (exit %s): %s",
-            compose.project,
-            completed.returncode,
-            lines[-1] if lines else "",
-        )
-        return None
-    try:
-        config = json.loads(completed.stdout)
-    except ValueError as exc:
-        log.warning("docker compose config of %s is not JSON: %s", compose.project, exc)
-        return None
-    return config if isinstance(config, dict) else None
+    return list(await asyncio.gather(*(run_check(check, runtime) for check in checks)))
 
 
 def format_gate_failure(event: Mapping[str, Any]) -> str:
@@ -163,18 +82,22 @@ def _seconds(name: str, value: Any, *, allow_zero: bool) -> float:
 
 
 class HealthGateSensor(BaseSensorOperator):
-    """Wait until every check passes ``consecutive`` rounds in a row, in the triggerer.
+    """Wait until every check passes ``consecutive`` rounds in a row.
+
+    The first rounds run in the worker: a stack that is healthy already passes without a
+    trip through the triggerer. At the first failing round (or when the rounds would hold
+    the worker too long) the gate defers and waits in the triggerer, holding no slot.
 
     :param checks: health checks (stack-model objects or their plain-data form).
     :param consecutive: all-green rounds in a row needed to pass; a failure resets the count.
     :param interval: seconds (or timedelta) between rounds.
-    :param timeout: seconds (or timedelta) before the gate fails; raised to cover the Compose
-        unhealthy window when ``compose`` is given.
-    :param compose: the Compose project, needed by container checks and for the window.
+    :param timeout: seconds (or timedelta) before the gate fails; raised to cover the
+        runtime's own unhealthy window when the runtime knows one.
+    :param runtime: the runtime's probe context (what container checks ask), or its dict.
     :param timeout_margin: seconds added to the window-derived timeout.
     """
 
-    # Checks and the compose context come from stack files: they are data and reach the
+    # Checks and the runtime context come from stack files: they are data and reach the
     # trigger exactly as written, so they are never rendered as templates.
     template_fields: Sequence[str] = ()
     ui_color = "#d6f5e3"
@@ -186,7 +109,7 @@ class HealthGateSensor(BaseSensorOperator):
         consecutive: int = 3,
         interval: timedelta | float | str = 5.0,
         timeout: timedelta | float | str = 300.0,
-        compose: ComposeContext | Mapping[str, Any] | None = None,
+        runtime: RuntimeContext | Mapping[str, Any] | None = None,
         timeout_margin: float = DEFAULT_TIMEOUT_MARGIN,
         **kwargs: Any,
     ) -> None:
@@ -204,12 +127,12 @@ class HealthGateSensor(BaseSensorOperator):
         self.checks: list[dict[str, Any]] = [
             check_to_data(c) if not isinstance(c, Mapping) else dict(c) for c in checks
         ]
-        if isinstance(compose, ComposeContext):
-            self.compose: dict[str, Any] | None = compose.to_dict()
-        elif compose is None or isinstance(compose, Mapping):
-            self.compose = dict(compose) if compose is not None else None
+        if runtime is None or isinstance(runtime, Mapping):
+            self.runtime: dict[str, Any] | None = dict(runtime) if runtime is not None else None
+        elif hasattr(runtime, "to_dict"):
+            self.runtime = runtime.to_dict()
         else:
-            raise ValueError(f"compose must be a ComposeContext or a mapping, got {compose!r}")
+            raise ValueError(f"runtime must be a runtime context or a mapping, got {runtime!r}")
         self._validated()
 
     @classmethod
@@ -218,7 +141,7 @@ class HealthGateSensor(BaseSensorOperator):
         gate: HealthGate,
         *,
         checks: Sequence[HealthCheck | Mapping[str, Any]],
-        compose: ComposeContext | Mapping[str, Any] | None = None,
+        runtime: RuntimeContext | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> HealthGateSensor:
         """A gate sensor configured from a stack's ``health_gate`` section."""
@@ -227,11 +150,13 @@ class HealthGateSensor(BaseSensorOperator):
             consecutive=gate.consecutive,
             interval=gate.interval,
             timeout=gate.timeout,
-            compose=compose,
+            runtime=runtime,
             **kwargs,
         )
 
-    def _validated(self) -> tuple[list[HealthCheck], ComposeContext | None]:
+    def _validated(self) -> tuple[list[HealthCheck], RuntimeContext | None]:
+        from opsflow.runtimes.registry import runtime_context
+
         checks: list[HealthCheck] = []
         for index, data in enumerate(self.checks):
             try:
@@ -244,37 +169,40 @@ class HealthGateSensor(BaseSensorOperator):
                 raise ValueError(
                     f"checks[{index}] is not a valid check ({problems}): {data!r}"
                 ) from None
-        compose = None
-        if self.compose is not None:
-            compose = ComposeContext.from_dict(self.compose)
+        runtime = runtime_context(self.runtime) if self.runtime is not None else None
         for index, check in enumerate(checks):
-            if isinstance(check, ContainerCheck) and compose is None:
+            if isinstance(check, ContainerCheck) and runtime is None:
                 raise ValueError(
                     f"checks[{index}] ({check_name(check)}) is a container check and needs "
-                    f"compose=ComposeContext(...), got compose=None"
+                    "the stack's runtime context, got runtime=None"
                 )
-        return checks, compose
+        return checks, runtime
 
-    def compose_env(self) -> dict[str, str]:
-        """Variables the compose file needs to resolve; none by default."""
-        return {}
+    def unhealthy_window(self, runtime: RuntimeContext | None) -> float | None:
+        """Seconds after which the runtime itself would call a service unhealthy; None
+        when it cannot tell (the configured timeout is kept)."""
+        if runtime is None or not hasattr(runtime, "unhealthy_window"):
+            return None
+        window: float | None = runtime.unhealthy_window()
+        return window
 
-    def effective_timeout(self, compose: ComposeContext | None) -> float:
-        """The configured timeout, raised past the Compose unhealthy window when needed."""
+    def effective_timeout(self, runtime: RuntimeContext | None) -> float:
+        """The configured timeout, raised past the runtime's unhealthy window when needed."""
         configured = float(self.timeout)
-        if compose is None:
+        if runtime is None:
             return configured
-        config = read_compose_config(compose, self.compose_env())
-        if config is None:
+        window = self.unhealthy_window(runtime)
+        if window is None:
             self.log.warning(
-                "Keeping the configured health gate timeout of %ss: no compose config", configured
+                "Keeping the configured health gate timeout of %ss: the runtime did not say "
+                "how long it takes to call a service unhealthy",
+                configured,
             )
             return configured
-        window = compose_unhealthy_window(config)
         needed = window + self.consecutive * self.interval + self.timeout_margin
         if needed > configured:
             self.log.info(
-                "Raising the health gate timeout from %ss to %ss: the slowest compose "
+                "Raising the health gate timeout from %ss to %ss: the slowest runtime "
                 "healthcheck may take %ss to report unhealthy (+ %s rounds of %ss + %ss margin)",
                 configured,
                 needed,
@@ -286,14 +214,56 @@ class HealthGateSensor(BaseSensorOperator):
             return needed
         return configured
 
-    def execute(self, context: Context) -> None:
+    def _inline_rounds(
+        self, checks: list[HealthCheck], runtime: RuntimeContext | None
+    ) -> dict[str, Any] | None:
+        """Rounds in the worker while they pass; the success event, or None to defer."""
+        if (self.consecutive - 1) * self.interval > INLINE_ROUNDS_MAX_SECONDS:
+            return None
+        started = time.monotonic()
+        results: list[Any] = []
+        for number in range(1, self.consecutive + 1):
+            if number > 1:
+                time.sleep(self.interval)
+            results = asyncio.run(_one_round(checks, runtime))
+            failing = [r for r in results if not r.ok]
+            if failing:
+                self.log.info(
+                    "Health round %s in the worker: %s of %s checks failing (%s); waiting in "
+                    "the triggerer",
+                    number,
+                    len(failing),
+                    len(results),
+                    "; ".join(f"{r.name}: {r.detail}" for r in failing),
+                )
+                return None
+            self.log.info(
+                "Health round %s in the worker: all %s checks passed (%s of %s in a row)",
+                number,
+                len(results),
+                number,
+                self.consecutive,
+            )
+        return {
+            "status": "success",
+            "rounds": self.consecutive,
+            "streak": self.consecutive,
+            "elapsed": round(time.monotonic() - started, 1),
+            "results": [r.to_dict() for r in results],
+        }
+
+    def execute(self, context: Context) -> Any:
         from opsflow.triggers.health import HealthGateTrigger
 
         try:
-            checks, compose = self._validated()
+            checks, runtime = self._validated()
         except ValueError as exc:
-            raise AirflowException(str(exc)) from None
-        timeout = self.effective_timeout(compose)
+            raise AirflowFailException(str(exc)) from None
+        started = datetime.now(UTC).isoformat()
+        timeout = self.effective_timeout(runtime)
+        passed = self._inline_rounds(checks, runtime)
+        if passed is not None:
+            return self.execute_complete(context, passed)
         self.log.info(
             "Deferring health gate: %s checks, %s consecutive rounds every %ss, timeout %ss",
             len(checks),
@@ -307,7 +277,8 @@ class HealthGateSensor(BaseSensorOperator):
                 consecutive=self.consecutive,
                 interval=self.interval,
                 timeout=timeout,
-                compose=compose.to_dict() if compose else None,
+                runtime=runtime.to_dict() if runtime else None,
+                started_at=started,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=timeout + DEFER_GRACE),
@@ -448,16 +419,16 @@ class GrpcHealthSensor(HealthGateSensor):
         super().__init__(checks=[check], consecutive=consecutive, **kwargs)
 
 
-class ComposeHealthSensor(HealthGateSensor):
-    """The Compose service's container is healthy (or running, without a healthcheck)."""
+class ServiceHealthSensor(HealthGateSensor):
+    """The runtime's own verdict on a service: healthy (or running, without a healthcheck)."""
 
     def __init__(
         self,
         *,
         service: str,
-        compose: ComposeContext | Mapping[str, Any],
+        runtime: RuntimeContext | Mapping[str, Any],
         consecutive: int = 1,
         **kwargs: Any,
     ) -> None:
         check = {"kind": "container", "service": service}
-        super().__init__(checks=[check], consecutive=consecutive, compose=compose, **kwargs)
+        super().__init__(checks=[check], consecutive=consecutive, runtime=runtime, **kwargs)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from opsflow.errors import OpsflowError
 from opsflow.stack.model import AirflowMaintenance, Stack
 from opsflow.stack.safety import stack_path_problems
 
@@ -44,7 +45,7 @@ def _clip(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class StackFileError(ValueError):
+class StackFileError(OpsflowError, ValueError):
     """A stack file that cannot be used; the message lists every problem found.
 
     At most :data:`MAX_PROBLEMS` lines of at most :data:`MAX_PROBLEM_CHARS` characters each
@@ -351,7 +352,10 @@ def _read_text(path: Path) -> str:
 
 
 def _read_yaml(path: Path) -> Any:
-    text = _read_text(path)
+    return _parse_yaml(_read_text(path), path)
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
     loader = _StackLoader(text)
     try:
         node = loader.get_single_node()
@@ -371,6 +375,14 @@ def _read_yaml(path: Path) -> Any:
 
 def load_stack_file(path: Path) -> Stack:
     return parse_stack(_read_yaml(path), path)
+
+
+def parse_stack_text(text: str, path: Path) -> Stack:
+    """A stack file's content read elsewhere (a run's snapshot), judged as the file at
+    ``path``: its name, messages and relative paths are those of ``path``."""
+    if len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        raise StackFileError(path, [f"(top level): larger than {MAX_FILE_BYTES} bytes"])
+    return parse_stack(_parse_yaml(text, path), path)
 
 
 def maintenance_path() -> Path:

@@ -12,12 +12,10 @@ import re
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -25,7 +23,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from opsflow.stack.safety import link_local_problem
+from opsflow.connections import ConnId
+from opsflow.durations import Duration
+from opsflow.health import ContainerCheck, HealthCheck
 
 STACK_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
 # Release versions end up in image tags and in argv; the same pattern guards the
@@ -35,23 +35,14 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 # also matches before a trailing newline; the lookahead means "end of input" in both the
 # browser's (ECMA) and Python's regex dialects.
 PARAM_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?![\s\S])"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
-def parse_duration(value: Any) -> timedelta:
-    """Accept ``30``, ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"`` or a timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, (int, float)):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    raise ValueError(f"not a duration (use e.g. 30s, 5m, 2h, 7d): {value!r}")
+def check_version(version: str) -> str:
+    """Refuse anything but letters, digits, ``.``, ``_``, ``-`` (the trigger form's rule):
+    a release version ends up in image tags and argv, and as a directory name."""
+    if not isinstance(version, str) or not re.fullmatch(VERSION_PATTERN, version):
+        raise ValueError(f"invalid version {version!r}: use letters, digits, '.', '_' and '-' only")
+    return version
 
 
 def known_timezone(value: str) -> str:
@@ -61,26 +52,6 @@ def known_timezone(value: str) -> str:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown timezone: {value!r}") from None
-    return value
-
-
-def _positive(value: timedelta) -> timedelta:
-    # A zero or negative timeout fails at once and a zero interval spins: never meant.
-    if value <= timedelta(0):
-        raise ValueError("must be longer than 0 (use e.g. 30s, 5m)")
-    return value
-
-
-# Airflow connection ids: the id of a row, never a path (``../../x``) or a template.
-_CONN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,249}")
-
-
-def _conn_id(value: str) -> str:
-    if not _CONN_ID.fullmatch(value):
-        raise ValueError(
-            "not a plain Airflow connection id (letters, digits, '_', '-', '.'; "
-            "not starting with '.'; at most 250 characters)"
-        )
     return value
 
 
@@ -174,17 +145,8 @@ def _specific_pattern(pattern: str) -> str:
     return pattern
 
 
-def _probe_host(host: str) -> str:
-    problem = link_local_problem(host)
-    if problem is not None:
-        raise ValueError(problem)
-    return host
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
 Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
 Argv = Annotated[list[str], Field(min_length=1)]
-ConnId = Annotated[str, AfterValidator(_conn_id)]
 ImageReference = Annotated[str, AfterValidator(_image_reference)]
 ComposePort = Annotated[str, AfterValidator(_compose_port)]
 VersionPattern = Annotated[str, AfterValidator(_specific_pattern)]
@@ -265,84 +227,6 @@ Runtime = Annotated[ComposeRuntime | KubernetesRuntime, Field(discriminator="kin
 
 
 # --------------------------------------------------------------------------- health
-
-
-class HttpCheck(Strict):
-    kind: Literal["http"]
-    url: str = Field(pattern=r"^https?://")
-    method: Literal["GET", "HEAD"] = "GET"
-    expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1)
-    # Dotted JSON path -> expected value, e.g. {"status": "healthy"}.
-    expect_json: dict[str, Any] = Field(default_factory=dict)
-    timeout: Duration = timedelta(seconds=5)
-
-    @field_validator("expect_status", mode="before")
-    @classmethod
-    def _status_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, int) else value
-
-    @field_validator("url")
-    @classmethod
-    def _url_host(cls, url: str) -> str:
-        try:
-            host = urlsplit(url).hostname
-        except ValueError as exc:
-            raise ValueError(f"not a valid URL: {exc}") from None
-        if not host:
-            raise ValueError("the URL names no host")
-        _probe_host(host)
-        return url
-
-
-class TcpCheck(Strict):
-    kind: Literal["tcp"]
-    host: Annotated[str, AfterValidator(_probe_host)] = "127.0.0.1"
-    port: int = Field(ge=1, le=65535)
-    timeout: Duration = timedelta(seconds=3)
-
-
-class PostgresCheck(Strict):
-    """``SELECT 1`` through an Airflow connection (credentials never in the stack file)."""
-
-    kind: Literal["postgres"]
-    conn_id: ConnId
-    timeout: Duration = timedelta(seconds=5)
-
-
-class RedisCheck(Strict):
-    """Redis ``PING`` through an Airflow connection (host, port, password)."""
-
-    kind: Literal["redis"]
-    conn_id: ConnId
-    timeout: Duration = timedelta(seconds=3)
-
-
-class GrpcCheck(Strict):
-    """``grpc.health.v1.Health/Check``; an empty service asks for the server's overall state."""
-
-    kind: Literal["grpc"]
-    target: str = Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d+$")
-    service: str = ""
-    timeout: Duration = timedelta(seconds=5)
-
-    @field_validator("target")
-    @classmethod
-    def _target_host(cls, target: str) -> str:
-        _probe_host(target.rsplit(":", 1)[0])
-        return target
-
-
-class ContainerCheck(Strict):
-    """The Compose container health status of ``service`` (or running, without a healthcheck)."""
-
-    kind: Literal["container"]
-    service: str
-
-
-HealthCheck = Annotated[
-    HttpCheck | TcpCheck | PostgresCheck | RedisCheck | GrpcCheck | ContainerCheck,
-    Field(discriminator="kind"),
-]
 
 
 class HealthGate(Strict):

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from opsflow.triggers.checks import CheckResult, ComposeContext, checks_from_data, run_check
+from opsflow.health import CheckResult, checks_from_data, run_check
 
 CLASSPATH = "opsflow.triggers.health.HealthGateTrigger"
 
@@ -43,7 +43,7 @@ class HealthGateTrigger(BaseTrigger):
         consecutive: int,
         interval: float,
         timeout: float,
-        compose: dict[str, Any] | None = None,
+        runtime: dict[str, Any] | None = None,
         started_at: str | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -51,7 +51,7 @@ class HealthGateTrigger(BaseTrigger):
         self.consecutive = int(consecutive)
         self.interval = float(interval)
         self.timeout = float(timeout)
-        self.compose = dict(compose) if compose is not None else None
+        self.runtime = dict(runtime) if runtime is not None else None
         self.started_at = started_at or datetime.now(UTC).isoformat()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -62,7 +62,7 @@ class HealthGateTrigger(BaseTrigger):
                 "consecutive": self.consecutive,
                 "interval": self.interval,
                 "timeout": self.timeout,
-                "compose": self.compose,
+                "runtime": self.runtime,
                 "started_at": self.started_at,
             },
         )
@@ -79,7 +79,9 @@ class HealthGateTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             checks = checks_from_data(self.checks)
-            compose = ComposeContext.from_dict(self.compose) if self.compose else None
+            from opsflow.runtimes.registry import runtime_context
+
+            runtime = runtime_context(self.runtime) if self.runtime else None
             if not checks:
                 raise ValueError("a health gate needs at least one check")
             if self.consecutive < 1:
@@ -99,7 +101,7 @@ class HealthGateTrigger(BaseTrigger):
         recent_failures: list[CheckResult] = []
         while True:
             rounds += 1
-            results = list(await asyncio.gather(*(run_check(c, compose) for c in checks)))
+            results = list(await asyncio.gather(*(run_check(c, runtime) for c in checks)))
             failed = [r for r in results if not r.ok]
             if failed:
                 streak = 0
