@@ -1,26 +1,16 @@
-"""Plain values handed from the operators to the source modules (no Airflow objects)."""
+"""Plain values handed from the operators to the source modules (no Airflow objects).
+
+Connections arrive as :class:`opsflow.connections.Endpoint` values.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from opsflow.backup.scratch import scratch_label
 from opsflow.backup.stream import Pipeline
 from opsflow.runtimes.process import LineLogger
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a source listens and how to log in, resolved from an Airflow connection."""
-
-    host: str
-    port: int
-    login: str = ""
-    password: str = field(default="", repr=False)
-    schema: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from opsflow.errors import OpsflowError
 from opsflow.runtimes.process import LineLogger
 
 FORMAT = 1
@@ -27,7 +28,7 @@ Status = Literal["verified", "unverified", "failed"]
 VerificationStatus = Literal["passed", "failed", "skipped"]
 
 
-class BackupError(RuntimeError):
+class BackupError(OpsflowError, RuntimeError):
     """A backup or restore step failed for a reason an operator can act on."""
 
 

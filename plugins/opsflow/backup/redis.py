@@ -10,8 +10,10 @@ Keys with a TTL may legitimately expire between the snapshot and the load, so a 
 holding such keys passes when it has at least its keys without a TTL and at most all of
 them; a database without TTL keys must match exactly.
 
-The password reaches ``redis-cli`` through ``REDISCLI_AUTH`` and the scratch servers
-through a 0600 config file or the container's environment, never argv.
+``redis-cli`` and redis-py reach the server as the connection says (TLS included, see
+:mod:`opsflow.connections`). The password reaches ``redis-cli`` through ``REDISCLI_AUTH``
+and the scratch servers through a 0600 config file or the container's environment, never
+argv.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from opsflow.backup.context import Endpoint, RunContext
+from opsflow.backup.context import RunContext
 from opsflow.backup.files import require_artifact, single_artifact
 from opsflow.backup.manifest import (
     Artifact,
@@ -40,6 +42,7 @@ from opsflow.backup.manifest import (
     now_iso,
 )
 from opsflow.backup.stream import CHUNK, ArtifactCorrupt, check_artifact
+from opsflow.connections import Endpoint, RedisParams, redis_params
 from opsflow.paths import fsync_dir
 from opsflow.runtimes.process import CommandFailed, LineLogger, ProcessRunner
 from opsflow.stack.model import RedisSource
@@ -60,16 +63,13 @@ def _tool(name: str) -> str:
     return found
 
 
-def _client(host: str, port: int, password: str, username: str = "") -> Any:
+def _client(params: RedisParams) -> Any:
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     return redis.Redis(
-        host=host,
-        port=port,
-        username=username or None,
-        password=password or None,
+        **params.client_kwargs(),
         socket_timeout=10,
         socket_connect_timeout=5,
         # redis-py retries with backoff by default, a wrong password too; our callers poll.
@@ -165,14 +165,11 @@ def dump_redis(source: RedisSource, endpoint: Endpoint, ctx: RunContext) -> Sour
     started = now_iso()
     cli = _tool("redis-cli")
     _tool("redis-check-rdb")
+    params = redis_params(endpoint)
     try:
-        info = _client(endpoint.host, endpoint.port, endpoint.password, endpoint.login).info(
-            "server"
-        )
+        info = _client(params).info("server")
     except Exception as err:
-        raise BackupError(
-            f"redis {source.name} at {endpoint.host}:{endpoint.port}: {err}"
-        ) from None
+        raise BackupError(f"redis {source.name} at {params.host}:{params.port}: {err}") from None
     server_version = str(info.get("redis_version", ""))
     tool_version = subprocess.run(
         [cli, "--version"], capture_output=True, text=True, check=False
@@ -181,11 +178,8 @@ def dump_redis(source: RedisSource, endpoint: Endpoint, ctx: RunContext) -> Sour
     tmp.unlink(missing_ok=True)
     # redis-cli creates its file 0644 and does not truncate: an empty 0600 file keeps it private.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    argv = [cli, "-h", endpoint.host, "-p", str(endpoint.port)]
-    if endpoint.login:
-        argv += ["--user", endpoint.login]
-    argv += ["--rdb", str(tmp)]
-    env = {"REDISCLI_AUTH": endpoint.password} if endpoint.password else {}
+    argv = [*params.cli_argv(cli), "--rdb", str(tmp)]
+    env = params.cli_env()
     try:
         try:
             ProcessRunner(ctx.log, env=env).run(argv)
@@ -324,7 +318,7 @@ def _wait_loaded(scratch: _Scratch, password: str, timeout: float) -> tuple[dict
         if why:
             return {}, why
         try:
-            client = _client(host, port, password)
+            client = _client(RedisParams(host=host, port=port, password=password))
             try:
                 if int(client.info("persistence").get("loading", 1)) == 0:
                     return dict(client.info("keyspace")), ""

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from opsflow.backup.context import Endpoint, RunContext
+from opsflow.backup.context import RunContext
 from opsflow.backup.manifest import (
     BackupError,
     Manifest,
@@ -22,12 +22,15 @@ from opsflow.backup.manifest import (
     Verification,
     utcnow,
 )
-from opsflow.releases.ledger import current_and_previous, state_dir
+from opsflow.connections import Endpoint
+from opsflow.connections import endpoint as connection_endpoint
+from opsflow.paths import state_dir
+from opsflow.runtimes.base import Runtime, RuntimeFailure
 from opsflow.runtimes.process import LineLogger
+from opsflow.runtimes.registry import runtime_for
 from opsflow.stack.model import (
     CONFIG_SOURCE,
     BucketSource,
-    ComposeRuntime,
     PostgresSource,
     RedisSource,
     Stack,
@@ -40,21 +43,6 @@ PARTIAL_SWEEP_AGE = timedelta(hours=12)
 Source = PostgresSource | RedisSource | BucketSource
 
 
-def connection_endpoint(conn_id: str) -> Endpoint:
-    """An Airflow connection as plain values; the password never leaves this object."""
-    from airflow.sdk import BaseHook
-
-    conn = BaseHook.get_connection(conn_id)
-    return Endpoint(
-        host=conn.host or "127.0.0.1",
-        port=int(conn.port or 0),
-        login=conn.login or "",
-        password=conn.password or "",
-        schema=conn.schema or "",
-        extra=dict(conn.extra_dejson or {}),
-    )
-
-
 def s3_client(conn_id: str) -> Any:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -65,6 +53,9 @@ def s3_client(conn_id: str) -> Any:
 class StackBackups:
     stack: Stack
     stacks_dir: Path | None = None
+    # The release the stack runs, for resolving its compose model. Databases and caches
+    # are pinned, not versioned, so any valid version resolves their images and volumes.
+    release: str = "current"
     # Seams for tests and benchmarks that run without Airflow connections.
     resolve: Callable[[str], Endpoint] = field(default=connection_endpoint)
     bucket_client: Callable[[str], Any] = field(default=s3_client)
@@ -131,44 +122,30 @@ class StackBackups:
             level=self.stack.backup.compression_level,
         )
 
-    # ------------------------------------------------------------------ compose facts
+    # ------------------------------------------------------------------ runtime facts
 
-    def _compose(self) -> Any:
-        from opsflow.runtimes.compose import ComposeProject
-
-        return ComposeProject.for_stack(self.stack, self.stacks_dir)
-
-    def _release(self) -> str:
-        """The deployed release (compose files interpolate it into image tags)."""
-        recorded = current_and_previous(self.stack.name)
-        return recorded[0] if recorded else "unknown"
+    @property
+    def runtime(self) -> Runtime:
+        return runtime_for(self.stack, self.stacks_dir)
 
     def service_image(self, service: str | None) -> str | None:
-        if service is None or not isinstance(self.stack.runtime, ComposeRuntime):
+        if service is None:
             return None
-        image: str | None = self._compose().images(self._release()).get(service)
-        return image
+        return self.runtime.service_image(service, self.release)
 
     def config_paths(self) -> list[tuple[str, Path]]:
-        """Compose files, env file, stack file and the listed config paths, by archive name."""
-        from opsflow.stack.loader import resolve_working_dir, stack_path
+        """The stack file and the release's config files, by archive name."""
+        from opsflow.stack.loader import stack_path
 
-        paths: list[tuple[str, Path]] = [
-            (f"stack/{self.stack.name}.yaml", stack_path(self.stack.name, self.stacks_dir))
-        ]
-        if isinstance(self.stack.runtime, ComposeRuntime):
-            from opsflow.releases.switch import release_config_paths
-
-            working = resolve_working_dir(self.stack, self.stacks_dir)
-            paths += release_config_paths(self.stack, working)
-        return paths
+        stack_file = stack_path(self.stack.name, self.stacks_dir)
+        return [(f"stack/{self.stack.name}.yaml", stack_file), *self.runtime.config_paths()]
 
     # ------------------------------------------------------------------ dump / verify
 
     def dump(self, name: str, ctx: RunContext) -> SourceBackup:
         source = self.source(name)
         if isinstance(source, PostgresSource):
-            from opsflow.backup.postgres import dump_postgres
+            from opsflow.backup.postgres.dump import dump_postgres
 
             return dump_postgres(source, self.resolve(source.conn_id), ctx)
         if isinstance(source, RedisSource):
@@ -186,7 +163,7 @@ class StackBackups:
     def verify(self, backup: SourceBackup, artifact_dir: Path, ctx: RunContext) -> Verification:
         source = self.source(backup.name)
         if isinstance(source, PostgresSource):
-            from opsflow.backup.postgres import verify_postgres
+            from opsflow.backup.postgres.verify import verify_postgres
 
             image = source.verify_image or self.service_image(source.service)
             if not image:
@@ -357,7 +334,7 @@ class StackBackups:
         """Put one checked artifact back into the live source (or a PostgreSQL copy)."""
         source = self.source(saved.name)
         if isinstance(source, PostgresSource):
-            from opsflow.backup.postgres import restore_postgres
+            from opsflow.backup.postgres.restore import restore_postgres
 
             endpoint = self.resolve(source.conn_id)
             database = target_database or source.database
@@ -385,38 +362,22 @@ class StackBackups:
                 services.append(source.service)
         return list(dict.fromkeys(services))
 
-    def compose_services(
-        self, action: str, services: list[str], release: str, log: LineLogger
-    ) -> list[str]:
+    def switch_services(self, action: str, services: list[str], log: LineLogger) -> list[str]:
         """Stop or start ``services``; stopping returns only those that were running."""
-        project = self._compose()
+        runtime = self.runtime
         if action == "stop":
-            running = {row.get("Service") for row in project.status(release)
-                       if row.get("State") == "running"}  # fmt: skip
-            services = [service for service in services if service in running]
-            argv = project.stop_argv(services) if services else None
+            services = runtime.running_services(services)
+            if services:
+                runtime.run("stop", self.release, log, services=services, timeout=300)
         else:
-            argv = project.start_argv(services)
-        if argv:
-            project.runner(release, log).run(argv, timeout=300)
+            runtime.run("resume", self.release, log, services=services, timeout=300)
         return services
 
     def redis_data_dir(self, source: RedisSource) -> Path:
         """Host path of the directory the Redis service keeps ``dump.rdb`` in."""
-        from opsflow.runtimes.engine import volume_mountpoint
-
         if not source.service:
-            raise BackupError(f"{source.name}: restoring Redis needs the compose service")
-        config = self._compose().config(self._release())
-        service = config.get("services", {}).get(source.service, {})
-        for mount in service.get("volumes", []):
-            if mount.get("target") != "/data":
-                continue
-            if mount.get("type") == "bind":
-                return Path(mount["source"])
-            volume = config.get("volumes", {}).get(mount.get("source"), {})
-            name = volume.get("name") or f"{self._compose().name}_{mount.get('source')}"
-            path = volume_mountpoint(name)
-            if path:
-                return path
-        raise BackupError(f"{source.name}: service {source.service} has no /data volume")
+            raise BackupError(f"{source.name}: restoring Redis needs the stack's service")
+        try:
+            return self.runtime.data_dir(source.service, "/data", self.release)
+        except RuntimeFailure as error:
+            raise BackupError(f"{source.name}: {error}") from None

@@ -29,8 +29,8 @@ from opsflow.backup.manifest import (
     check_backup_id,
     utcnow,
 )
-from opsflow.backup.stream import ArtifactCorrupt, check_artifact, write_atomic
-from opsflow.paths import fsync_dir, make_private_dirs
+from opsflow.backup.stream import ArtifactCorrupt, check_artifact
+from opsflow.paths import fsync_dir, make_private_dirs, write_atomic
 from opsflow.runtimes.process import LineLogger
 
 STAGING = ".staging"

@@ -10,7 +10,6 @@ on disk: a dump that dies half-way can never leave a file that looks complete.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import shlex
@@ -24,8 +23,8 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from opsflow.backup.manifest import Artifact, BackupError
-from opsflow.paths import fsync_dir
-from opsflow.runtimes.process import LineLogger
+from opsflow.paths import DiskFull, fsync_dir, write_all
+from opsflow.runtimes.process import LineLogger, track
 
 CHUNK = 1 << 20
 PROGRESS_EVERY = 15.0
@@ -59,12 +58,14 @@ def _collect(stream: IO[bytes], tail: deque[str], log: LineLogger, prefix: str) 
 def _spawn(
     argv: Sequence[str], env: Mapping[str, str] | None, **kwargs: Any
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        list(argv),
-        env={**os.environ, **(env or {})},
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        **kwargs,
+    return track(
+        subprocess.Popen(
+            list(argv),
+            env={**os.environ, **(env or {})},
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            **kwargs,
+        )
     )
 
 
@@ -182,7 +183,7 @@ class Pipeline:
                     break
                 chunk = view[:count]
                 digest.update(chunk)
-                _write_all(fd, chunk, tmp)
+                _write_chunk(fd, chunk, tmp)
                 size += count
                 progress.tick(size)
             os.fsync(fd)
@@ -307,17 +308,6 @@ def _start_writer(
     return _start_thread(run)
 
 
-def _write_all(fd: int, data: memoryview, path: Path) -> None:
-    while data:
-        try:
-            written = os.write(fd, data)
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise BackupError(f"disk full while writing {path.parent}") from err
-            raise
-        data = data[written:]
-
-
 def _compare(expected: Artifact, size: int, sha256: str) -> None:
     if size != expected.size:
         raise ArtifactCorrupt(
@@ -347,14 +337,8 @@ def check_artifact(path: Path, expected: Artifact) -> None:
     _compare(expected, *file_digest(path))
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write under a temporary name, fsync, rename: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+def _write_chunk(fd: int, chunk: memoryview, path: Path) -> None:
     try:
-        _write_all(fd, memoryview(data), path)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    fsync_dir(path.parent)
+        write_all(fd, chunk, path)
+    except DiskFull as full:
+        raise BackupError(str(full.strerror)) from full

@@ -9,7 +9,8 @@ import pendulum
 
 from opsflow.notifiers.routes import Alerted, failure_callbacks
 from opsflow.operators.verify import StackGateSensor
-from opsflow.stack.model import ComposeRuntime, Stack
+from opsflow.runtimes.registry import runtime_for
+from opsflow.stack.model import Stack
 
 START_DATE = (2026, 1, 1)
 
@@ -63,20 +64,6 @@ def render_doc(template: str, stack: Stack, **fields: Any) -> str:
     return template.format(**values).strip()
 
 
-def compose_context(stack: Stack) -> dict[str, Any] | None:
-    """What a container check needs to find the project's containers."""
-    from opsflow.stack.loader import resolve_working_dir
-
-    if not isinstance(stack.runtime, ComposeRuntime):
-        return None
-    return {
-        "project": stack.runtime.project,
-        "working_dir": str(resolve_working_dir(stack)),
-        "files": list(stack.runtime.files),
-        "env_file": stack.runtime.env_file,
-    }
-
-
 def gate_sensor(
     stack: Stack, *, task_id: str, version: str, dry_run: str, **kwargs: Any
 ) -> StackGateSensor:
@@ -88,6 +75,6 @@ def gate_sensor(
         dry_run=dry_run,
         checks=list(stack.checks),
         gate=stack.health_gate,
-        compose=compose_context(stack),
+        runtime=runtime_for(stack).context(),
         **kwargs,
     )

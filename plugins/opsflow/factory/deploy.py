@@ -8,9 +8,11 @@ from airflow.sdk import DAG, Param
 
 from opsflow.factory.common import RELEASE_RETRIES, dag_defaults, gate_sensor, render_doc
 from opsflow.operators.lock import StackLockSensor, StackUnlockOperator
-from opsflow.operators.release import LedgerRecordOperator, ReleaseComposeStepOperator
+from opsflow.operators.release import LedgerRecordOperator
+from opsflow.operators.runtime_step import RuntimeStepOperator
 from opsflow.operators.summary import RunSummaryOperator
-from opsflow.stack.model import PARAM_VERSION_PATTERN, ComposeRuntime, Stack
+from opsflow.runtimes.registry import runtime_for
+from opsflow.stack.model import PARAM_VERSION_PATTERN, Stack
 
 DEPLOY_DOC = """
 # Deploy `{stack}` ({runtime})
@@ -23,10 +25,9 @@ Brings the stack to the release you enter in the trigger form, then proves it is
 |---|---|
 | `lock` | takes the stack lock (shared with upgrade, rollback and restore); waits while \
 another run holds it and names that run (reschedules between pokes) |
-| `{fetch}` | `docker compose {fetch}` of the images, tagged `{version_variable}=<version>` |
+| `{fetch}` | {fetch_how} |
 | `migrate` | {migration}; a migration that failed is not run again |
-| `start` | `docker compose up --detach --no-build --pull never` with the release's \
-image tags |
+| `start` | {start_how} |
 | `verify` | health gate: {check_count} checks must all pass {consecutive} rounds in a row, \
 every {interval}s; fails after {timeout}s (raised to the slowest container healthcheck's \
 unhealthy window if that is longer) |
@@ -69,13 +70,12 @@ def deploy_params() -> dict[str, Param]:
 
 
 def build_deploy_dag(stack: Stack) -> DAG:
-    runtime = stack.runtime
-    if not isinstance(runtime, ComposeRuntime):
-        raise ValueError(f"{stack.name}: the deploy DAG supports the compose runtime only so far")
-    fetch_step = "build" if runtime.images == "build" else "pull"
+    runtime = runtime_for(stack)
+    fetch_step = runtime.fetch_step
     doc_fields: dict[str, Any] = {
         "fetch": fetch_step,
-        "version_variable": runtime.version_variable,
+        "fetch_how": runtime.describe("fetch"),
+        "start_how": runtime.describe("start"),
         "migration": (
             f"`{stack.migration.tool}` in a one-off `{stack.migration.service}` container "
             "of the release image"
@@ -96,9 +96,9 @@ def build_deploy_dag(stack: Stack) -> DAG:
     ) as dag:
         common: dict[str, Any] = {"stack_name": stack.name, "version": version, "dry_run": dry_run}
         lock = StackLockSensor(task_id="lock", stack_name=stack.name, dry_run=dry_run)
-        fetch = ReleaseComposeStepOperator(task_id=fetch_step, step="fetch", **common)
-        migrate = ReleaseComposeStepOperator(task_id="migrate", step="migrate", **common)
-        start = ReleaseComposeStepOperator(task_id="start", step="start", **common)
+        fetch = RuntimeStepOperator(task_id=fetch_step, step="fetch", **common)
+        migrate = RuntimeStepOperator(task_id="migrate", step="migrate", **common)
+        start = RuntimeStepOperator(task_id="start", step="start", **common)
         verify = gate_sensor(stack, task_id="verify", version=version, dry_run=dry_run)
         steps = ["lock", fetch_step, "migrate", "start", "verify"]
         record = LedgerRecordOperator(

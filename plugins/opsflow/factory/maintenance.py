@@ -131,6 +131,7 @@ def build_airflow_log_cleanup_dag(settings: AirflowMaintenance) -> DAG:
     ) as dag:
         clean = AirflowLogsOperator(
             task_id="airflow_logs",
+            stack_name="airflow",
             retention_days="{{ params.retention_days }}",
             dry_run="{{ params.dry_run }}",
             retries=1,

@@ -12,7 +12,8 @@ from opsflow.operators.lock import StackLockSensor, StackUnlockOperator
 from opsflow.operators.release import LedgerRecordOperator
 from opsflow.operators.rollback import PREVIOUS, RollbackPlanOperator, RollbackSwitchOperator
 from opsflow.operators.summary import RunSummaryOperator
-from opsflow.stack.model import PARAM_VERSION_PATTERN, ComposeRuntime, Stack
+from opsflow.runtimes.registry import runtime_for
+from opsflow.stack.model import PARAM_VERSION_PATTERN, Stack
 
 log = logging.getLogger(__name__)
 FORM_RELEASES = 10
@@ -80,8 +81,7 @@ def rollback_params(stack: Stack) -> dict[str, Param]:
 
 
 def build_rollback_dag(stack: Stack) -> DAG:
-    if not isinstance(stack.runtime, ComposeRuntime):
-        raise ValueError(f"{stack.name}: the rollback DAG supports the compose runtime only so far")
+    runtime_for(stack)  # a stack whose runtime is not operated yet has no rollback DAG
     dry_run = "{{ params.dry_run }}"
     target = "{{ (ti.xcom_pull(task_ids='plan') or {}).get('version') or 'unknown' }}"
     with DAG(

@@ -10,7 +10,8 @@ from airflow.sdk import DAG
 from opsflow.factory.common import RELEASE_RETRIES, dag_defaults, gate_sensor, render_doc
 from opsflow.factory.deploy import deploy_params
 from opsflow.operators.lock import StackLockSensor, StackUnlockOperator
-from opsflow.operators.release import LedgerRecordOperator, ReleaseComposeStepOperator
+from opsflow.operators.release import LedgerRecordOperator
+from opsflow.operators.runtime_step import RuntimeStepOperator
 from opsflow.operators.summary import UpgradeSummaryOperator
 from opsflow.operators.upgrade import (
     PreUpgradeBackupOperator,
@@ -18,7 +19,8 @@ from opsflow.operators.upgrade import (
     UpgradeRollbackOperator,
     UpgradeSnapshotOperator,
 )
-from opsflow.stack.model import ComposeRuntime, Stack
+from opsflow.runtimes.registry import runtime_for
+from opsflow.stack.model import Stack
 
 FETCHED = {"build": "built", "pull": "pulled"}
 
@@ -67,10 +69,7 @@ backup). Alerts: {alerts}.
 
 
 def build_upgrade_dag(stack: Stack) -> DAG:
-    runtime = stack.runtime
-    if not isinstance(runtime, ComposeRuntime):
-        raise ValueError(f"{stack.name}: the upgrade DAG supports the compose runtime only so far")
-    fetch_step = "build" if runtime.images == "build" else "pull"
+    fetch_step = runtime_for(stack).fetch_step
     names = [source.name for source in stack.backup.sources.postgres]
     migration = stack.migration
     doc = render_doc(
@@ -106,13 +105,13 @@ def build_upgrade_dag(stack: Stack) -> DAG:
         snapshot = UpgradeSnapshotOperator(task_id="snapshot", **release)
         # Built (or pulled) before the backup: a release that cannot be fetched costs no
         # backup and changes nothing.
-        fetch = ReleaseComposeStepOperator(task_id=fetch_step, step="fetch", **release)
+        fetch = RuntimeStepOperator(task_id=fetch_step, step="fetch", **release)
         backup = PreUpgradeBackupOperator(task_id="pre_upgrade_backup", **release)
         # A stack without PostgreSQL sources skips the backup on purpose.
-        migrate = ReleaseComposeStepOperator(
+        migrate = RuntimeStepOperator(
             task_id="migrate", step="migrate", trigger_rule="none_failed", **release
         )
-        start = ReleaseComposeStepOperator(task_id="start", step="start", **release)
+        start = RuntimeStepOperator(task_id="start", step="start", **release)
         verify = gate_sensor(
             stack, task_id="verify", version=version, dry_run=dry_run, on_failure_callback=None
         )

@@ -21,7 +21,8 @@ from typing import Any, Literal
 from opsflow.logs.files import parse_size
 from opsflow.releases.ledger import Ledger, newest_distinct
 from opsflow.runtimes.engine import docker_url
-from opsflow.stack.model import ComposeRuntime, ContainerLogLimits, Stack
+from opsflow.runtimes.registry import runtime_for
+from opsflow.stack.model import ContainerLogLimits, Stack
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,9 @@ def _api_client() -> Any:
 
 
 def _project(stack: Stack) -> str:
-    if not isinstance(stack.runtime, ComposeRuntime):
-        raise ValueError(
-            f"stack {stack.name} uses the {stack.runtime.kind} runtime: "
-            "container logs and images are only handled for compose stacks"
-        )
-    return stack.runtime.project
+    """The runtime's name for the stack: its containers carry it as their project label.
+    A stack whose runtime is not operated yet fails here, saying so."""
+    return runtime_for(stack).name
 
 
 def _project_containers(client: Any, project: str) -> list[dict[str, Any]]:

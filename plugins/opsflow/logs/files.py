@@ -9,17 +9,15 @@ system directory is refused, however it came to point there. The
 walk streams: per directory it keeps only the names of its subdirectories, so memory depends
 on the depth and width of one path, not on the size of the tree. A dry run makes exactly the
 same decisions (it compresses into a byte counter to know the compressed sizes) and changes
-nothing. No Airflow imports here: the DAG, tests and the benchmark share this module.
+nothing. Replacing one file by its compressed copy is :mod:`opsflow.logs.compress`'s job.
+No Airflow imports here: the DAG, tests and the benchmark share this module.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fnmatch
-import gzip
 import heapq
-import importlib
 import importlib.util
 import os
 import re
@@ -28,8 +26,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
+from opsflow.logs.compress import (
+    EXTENSIONS,
+    READ_FLAGS,
+    ByteCounter,
+    Changed,
+    WrittenMeanwhile,
+    compress_beside,
+    compressed_name,
+    stream,
+)
 from opsflow.stack.safety import run_time_problem
 
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".xz", ".bz2")
@@ -40,11 +48,8 @@ MAX_DEPTH = 256
 CAP_BUCKET_SECONDS = 3600
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_CHUNK = 1 << 20
 _DAY = 86400.0
-_EXTENSIONS = {"gzip": ".gz", "zstd": ".zst"}
+_NEVER = float("-inf")  # the cut of a rule that is off: no mtime is older
 
 # A compressed name: ours (``a.log.20261120T031500.gz``) or a plain one (``a.log.gz``).
 _COMPRESSED_RE = re.compile(r"(.*?)(?:\.\d{8}T\d{6})?\.(?:gz|zst|xz|bz2)", re.S)
@@ -62,6 +67,10 @@ _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 # Decisions of the first pass (replayed by a dry run's second pass).
 _KEEP, _DELETE, _COMPRESS, _RECENT, _OPEN = range(5)
+# Kinds of a listed entry, from its d_type.
+_FILE, _DIR, _OTHER = range(3)
+# Fates of a listed entry in one pass: still there, gone by itself, removed by this pass.
+_LEFT, _GONE, _REMOVED = range(3)
 
 
 def parse_size(text: str) -> int:
@@ -103,23 +112,14 @@ class CleanupRule:
     def __post_init__(self) -> None:
         patterns = tuple(self.patterns)
         object.__setattr__(self, "patterns", patterns)
-        if not patterns:
-            raise ValueError("a cleanup rule needs at least one pattern")
-        for pattern in patterns:
-            if not pattern:
-                raise ValueError("an empty pattern matches nothing; remove it")
-            if pattern.startswith("/") or ".." in PurePosixPath(pattern).parts:
-                raise ValueError(
-                    f"pattern {pattern!r} refused: a pattern must stay inside its root "
-                    "(no leading '/' and no '..')"
-                )
+        _check_patterns(patterns)
         for name in ("compress_after_days", "delete_after_days", "max_total_bytes"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if self.min_age_minutes < 0:
             raise ValueError(f"min_age_minutes must be >= 0, got {self.min_age_minutes!r}")
-        if self.compression not in _EXTENSIONS:
+        if self.compression not in EXTENSIONS:
             raise ValueError(f"compression must be 'gzip' or 'zstd', got {self.compression!r}")
         if self.compression == "zstd" and not _zstd_available():
             raise ValueError(
@@ -128,6 +128,19 @@ class CleanupRule:
             )
         if self.delete_uncompressed and self.delete_after_days is None:
             raise ValueError("delete_uncompressed needs delete_after_days")
+
+
+def _check_patterns(patterns: tuple[str, ...]) -> None:
+    if not patterns:
+        raise ValueError("a cleanup rule needs at least one pattern")
+    for pattern in patterns:
+        if not pattern:
+            raise ValueError("an empty pattern matches nothing; remove it")
+        if pattern.startswith("/") or ".." in PurePosixPath(pattern).parts:
+            raise ValueError(
+                f"pattern {pattern!r} refused: a pattern must stay inside its root "
+                "(no leading '/' and no '..')"
+            )
 
 
 @dataclass
@@ -293,14 +306,14 @@ def _summary(report: RootReport) -> str:
     )
 
 
-def _matcher(patterns: tuple[str, ...]) -> tuple[Any, Any]:
-    """One compiled regex for name patterns and one for path patterns (``None`` if none)."""
+def _matcher(patterns: tuple[str, ...]) -> tuple[Callable[[str], Any], Callable[[str], Any]]:
+    """One compiled regex for name patterns and one for path patterns (never-matching if none)."""
     if "*" in patterns:
-        return _match_all, None  # cheaper than a regex on the hot path
+        return _match_all, _match_none  # cheaper than a regex on the hot path
     names = [fnmatch.translate(p) for p in patterns if "/" not in p]
     paths = [fnmatch.translate(p) for p in patterns if "/" in p]
-    name_re = re.compile("|".join(names)).match if names else None
-    path_re = re.compile("|".join(paths)).match if paths else None
+    name_re = re.compile("|".join(names)).match if names else _match_none
+    path_re = re.compile("|".join(paths)).match if paths else _match_none
     return name_re, path_re
 
 
@@ -308,26 +321,39 @@ def _match_all(_: str) -> bool:
     return True
 
 
-class _Counter:
-    """A write-only sink that counts bytes: how a dry run learns compressed sizes."""
-
-    def __init__(self) -> None:
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        return None
+def _match_none(_: str) -> bool:
+    return False
 
 
-class _Changed(Exception):
-    """The file changed (written, replaced) while we compressed it."""
+def _kind(entry: os.DirEntry[str]) -> int:
+    """_FILE, _DIR or _OTHER (symlinks, sockets, ...), from d_type: no syscall, no following."""
+    try:
+        if entry.is_file(follow_symlinks=False):
+            return _FILE
+        if entry.is_dir(follow_symlinks=False):
+            return _DIR
+    except OSError:
+        pass
+    return _OTHER
+
+
+def _child_level(name: str, parent_level: int) -> int:
+    """The date level of a subdirectory: year/month/day, INSIDE_DATED, or 0 (undated)."""
+    level = _date_level(name, parent_level)
+    if not level and (parent_level or _DATE_RE.search(name)):
+        # Dated itself, or inside a dated directory (run_id=...2026-01-01.../task_id=t):
+        # it belongs to that date and goes with it when empty.
+        return INSIDE_DATED
+    return level
 
 
 class _Cleaner:
-    """State of one clean_root call: counters, the size-cap histogram, the largest heap."""
+    """State of one clean_root call: counters, the size-cap histogram, the largest heap.
+
+    Pass 1 applies the age rules and fills the histogram of what the size cap may delete;
+    pass 2 (only over a cap) deletes the oldest of that. A dry pass 2 replays pass 1's
+    decisions, since pass 1 changed nothing on disk.
+    """
 
     def __init__(
         self,
@@ -349,12 +375,14 @@ class _Cleaner:
         self.name_match, self.path_match = _matcher(rule.patterns)
         self.recent_cut = now - rule.min_age_minutes * 60.0
         days = rule.delete_after_days
-        self.delete_cut = None if days is None else now - days * _DAY
-        self.delete_plain_cut = self.delete_cut if rule.delete_uncompressed else None
+        self.delete_cut = _NEVER if days is None else now - days * _DAY
+        self.delete_plain_cut = self.delete_cut if rule.delete_uncompressed else _NEVER
         days = rule.compress_after_days
-        self.compress_cut = None if days is None else now - days * _DAY
-        self.extension = _EXTENSIONS[rule.compression]
+        self.compress_cut = _NEVER if days is None else now - days * _DAY
+        self.extension = EXTENSIONS[rule.compression]
         self.phase = 1
+        self.replay = False  # a dry pass 2: replays pass 1's decisions
+        self.capping = rule.max_total_bytes is not None  # pass 1 fills the cap's histogram
         self.total = 0  # matched bytes remaining
         self.histogram: dict[int, int] = {}  # hour of mtime -> bytes the cap may delete
         self.cut_bucket = 0
@@ -380,12 +408,12 @@ class _Cleaner:
             self.report.actions.append(f"error {text}")
         self.log(f"ERROR: {text}")
 
-    def keep_largest(self, size: int, rel: str) -> None:
+    def keep_largest(self, size: int, prefix: str, name: str) -> None:
         heap = self.heap
         if len(heap) < LARGEST_KEPT:
-            heapq.heappush(heap, (size, rel))
+            heapq.heappush(heap, (size, prefix + name))
         elif size > heap[0][0]:
-            heapq.heapreplace(heap, (size, rel))
+            heapq.heapreplace(heap, (size, prefix + name))
 
     # ------------------------------------------------------------------ passes
 
@@ -396,6 +424,7 @@ class _Cleaner:
         if cap is not None and self.total > cap:
             self.plan_cap(cap)
             self.phase = 2
+            self.replay = self.dry_run
             self.heap = []
             self.walk(root_fd, "", level, 0)
             if self.total > cap:
@@ -424,207 +453,94 @@ class _Cleaner:
                 break
         self.histogram = {}
 
+    # ------------------------------------------------------------------ directories
+
     def walk(self, fd: int, prefix: str, level: int, depth: int) -> tuple[int, bool]:
         """Clean one directory; returns (entries left in it, whether this pass removed any)."""
-        report = self.report
-        rule = self.rule
-        dry = self.dry_run
-        phase = self.phase
-        replay = dry and phase == 2
-        name_match = self.name_match
-        path_match = self.path_match
-        open_files = self.open_files
-        recent_cut = self.recent_cut
-        delete_cut = self.delete_cut
-        delete_plain_cut = self.delete_plain_cut
-        compress_cut = self.compress_cut
-        capping = phase == 1 and rule.max_total_bytes is not None
-        histogram = self.histogram
-        cut_bucket = self.cut_bucket
-        cap = rule.max_total_bytes if phase == 2 else None
-        heap = self.heap
-        compressed_ends = COMPRESSED_SUFFIXES
-        isreg = stat.S_ISREG
-        unlink = os.unlink
-        seen = matched = before = total = 0
-        n_deleted = n_recent = n_open = 0
-        remaining = 0
-        removed = False
-        subdirs: list[str] = []
-        created: set[str] = set()
-        listed = len(report.actions)
+        listed = self.clean_files(fd, prefix)
+        if listed is None:
+            return 1, False
+        left, removed, subdirs = listed
+        for name in subdirs:
+            child_left, child_removed = self.subdir(fd, name, prefix, level, depth)
+            left += child_left
+            removed = removed or child_removed
+        return left, removed
 
+    def clean_files(self, fd: int, prefix: str) -> tuple[int, bool, list[str]] | None:
+        """Clean the files of one directory while it is listed (only subdirectory names are
+        kept); returns (entries left, whether any was removed, subdirectories), or None when
+        the directory cannot be listed."""
         try:
             entries = os.scandir(fd)
         except OSError as exc:
             self.error(f"cannot list {prefix or '.'}: {exc.strerror or exc}")
-            return 1, False
+            return None
+        subdirs: list[str] = []
+        created: set[str] = set()  # names this pass made here (compressed, temp files)
+        fates = [0, 0, 0]  # entries per fate: _LEFT, _GONE, _REMOVED
         with entries:
             for entry in entries:
-                name = entry.name
-                # d_type answers these without a syscall; symlinks are neither files nor dirs.
-                try:
-                    regular = entry.is_file(follow_symlinks=False)
-                    if not regular and entry.is_dir(follow_symlinks=False):
-                        subdirs.append(name)
-                        continue
-                except OSError:
-                    regular = False
-                if created and name in created:
-                    continue  # our own compressed file, listed after we made it
-                seen += 1
-                remaining += 1
-                if not regular:
-                    continue
-                if name[0] == "." and name.endswith(TMP_SUFFIX):
-                    if self.leftover(fd, entry, prefix, replay):
-                        remaining -= 1
-                        removed = True
-                    continue
-                compressed = name.endswith(compressed_ends)
-                if not (
-                    (name_match is not None and name_match(name))
-                    or (path_match is not None and path_match(prefix + name))
-                    or (compressed and self.matches_base(name, prefix))
-                ):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    remaining -= 1
-                    continue
-                except OSError as exc:
-                    self.error(f"cannot stat {prefix}{name}: {exc.strerror or exc}")
-                    continue
-                if not isreg(st.st_mode):
-                    continue
-                matched += 1
-                size = st.st_size
-                mtime = st.st_mtime
-                before += size
-                # ---- first-pass decision (applied in pass 1, replayed by a dry pass 2)
-                if mtime > recent_cut:
-                    decision = _RECENT
-                elif open_files and (st.st_dev, st.st_ino) in open_files:
-                    decision = _OPEN
-                elif compressed:
-                    decision = _DELETE if delete_cut is not None and mtime < delete_cut else _KEEP
-                elif delete_plain_cut is not None and mtime < delete_plain_cut:
-                    decision = _DELETE
-                elif compress_cut is not None and mtime < compress_cut:
-                    decision = _COMPRESS
+                kind = _kind(entry)
+                if kind == _DIR:
+                    subdirs.append(entry.name)
+                elif created and entry.name in created:
+                    continue  # made by this pass, listed after it was made
+                elif kind == _FILE:
+                    fates[self.file(fd, entry, prefix, created)] += 1
                 else:
-                    decision = _KEEP
-                if phase == 1:
-                    eligible = decision == _KEEP
-                    if decision == _DELETE:
-                        if not dry:
-                            try:
-                                unlink(name, dir_fd=fd)
-                            except FileNotFoundError:
-                                remaining -= 1
-                                continue
-                            except OSError as exc:
-                                self.error(f"cannot delete {prefix}{name}: {exc.strerror or exc}")
-                                decision = _KEEP
-                        if decision == _DELETE:
-                            n_deleted += 1
-                            remaining -= 1
-                            removed = True
-                            if listed < MAX_ACTIONS:
-                                self.action(f"delete {prefix}{name}")
-                                listed = len(report.actions)
-                            else:
-                                self.hidden_actions += 1
-                            continue
-                    elif decision == _COMPRESS:
-                        result = self.compress(fd, name, st, prefix)
-                        if not dry:
-                            created.add(f".{name}{TMP_SUFFIX}")
-                        if result is not None:
-                            eligible = True
-                            name, size = result
-                            if not dry:
-                                created.add(name)
-                    elif decision == _RECENT:
-                        n_recent += 1
-                    elif decision == _OPEN:
-                        n_open += 1
-                else:
-                    if replay:
-                        if decision == _DELETE:
-                            remaining -= 1
-                            continue
-                        if decision == _COMPRESS:
-                            size = self.compressed_size(fd, name, prefix)
-                            name = self.compressed_name(name, mtime)
-                    eligible = decision != _RECENT and decision != _OPEN
-                    if eligible and cap is not None:
-                        bucket = int(mtime // CAP_BUCKET_SECONDS)
-                        if (
-                            bucket < cut_bucket or (bucket == cut_bucket and self.total > cap)
-                        ) and self.delete_for_cap(fd, name, prefix):
-                            self.total -= size
-                            remaining -= 1
-                            removed = True
-                            continue
-                # ---- the file stays
-                if phase == 1:
-                    total += size
-                    if capping and eligible:
-                        bucket = int(mtime // CAP_BUCKET_SECONDS)
-                        histogram[bucket] = histogram.get(bucket, 0) + size
-                if len(heap) < LARGEST_KEPT or size > heap[0][0]:
-                    self.keep_largest(size, prefix + name)
-
-        if phase == 1:
-            report.files_seen += seen
-            report.files_matched += matched
-            report.bytes_before += before
-            report.deleted += n_deleted
-            report.skipped_recent += n_recent
-            report.skipped_open += n_open
-            self.total += total
-
-        for name in subdirs:
-            left, child_removed = self.subdir(fd, name, prefix, level, depth)
-            remaining += left
-            removed = removed or child_removed
-        return remaining, removed
+                    fates[_LEFT] += 1  # symlinks, sockets, ...: never followed, never touched
+        if self.phase == 1:
+            self.report.files_seen += sum(fates)
+        return fates[_LEFT], fates[_REMOVED] > 0, subdirs
 
     def subdir(self, fd: int, name: str, prefix: str, level: int, depth: int) -> tuple[int, bool]:
         """Descend into one subdirectory; remove it when it ends up empty and is dated or lies
-        inside a dated directory."""
+        inside a dated directory. Returns (1 if it stays else 0, whether anything was removed)."""
         rel = f"{prefix}{name}"
-        if depth >= MAX_DEPTH:
-            self.error(f"{rel}: deeper than {MAX_DEPTH} levels, not descended")
-            return 1, False
         try:
-            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            child = self.enter(fd, name, rel, depth)
         except FileNotFoundError:
             return 0, False
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                return 1, False  # swapped for a symlink or a file since listed: not ours
-            self.error(f"cannot open {rel}/: {exc.strerror or exc}")
+        if child is None:
             return 1, False
         try:
-            if os.fstat(child).st_dev != self.root_dev:
-                if self.phase == 1:
-                    self.action(f"skip {rel}/ (another filesystem)")
+            if not self.same_filesystem(child, rel):
                 return 1, False
-            child_level = _date_level(name, level)
-            if not child_level and (level or _DATE_RE.search(name)):
-                # Dated itself, or inside a dated directory (run_id=...2026-01-01.../task_id=t):
-                # it belongs to that date and goes with it when empty.
-                child_level = INSIDE_DATED
+            child_level = _child_level(name, level)
             left, removed = self.walk(child, f"{rel}/", child_level, depth + 1)
         finally:
             os.close(child)
-        if left or not self.rule.remove_empty_dated_dirs:
+        if left or not child_level or not self.rule.remove_empty_dated_dirs:
             return 1, removed
-        if not child_level:
-            return 1, removed
+        return self.remove_empty_dir(fd, name, rel, removed)
+
+    def enter(self, fd: int, name: str, rel: str, depth: int) -> int | None:
+        """Open a subdirectory without following a link; None when it is not to be walked
+        (too deep, unreadable, swapped for a symlink or a file since listed). Raises
+        FileNotFoundError when it is gone."""
+        if depth >= MAX_DEPTH:
+            self.error(f"{rel}: deeper than {MAX_DEPTH} levels, not descended")
+            return None
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # else not ours any more
+                self.error(f"cannot open {rel}/: {exc.strerror or exc}")
+            return None
+
+    def same_filesystem(self, child: int, rel: str) -> bool:
+        """Whether an opened subdirectory lies on the root's filesystem (a mount is skipped)."""
+        if os.fstat(child).st_dev == self.root_dev:
+            return True
+        if self.phase == 1:
+            self.action(f"skip {rel}/ (another filesystem)")
+        return False
+
+    def remove_empty_dir(self, fd: int, name: str, rel: str, removed: bool) -> tuple[int, bool]:
+        """Remove an emptied dated directory; a dry run counts it in the pass that emptied it."""
         if self.dry_run:
             if self.phase == 1 or removed:
                 self.report.dirs_removed += 1
@@ -643,21 +559,131 @@ class _Cleaner:
         self.action(f"rmdir {rel}")
         return 0, True
 
-    # ------------------------------------------------------------------ single files
+    # ------------------------------------------------------------------ one file
+
+    def file(self, fd: int, entry: os.DirEntry[str], prefix: str, created: set[str]) -> int:
+        """Clean one regular file; returns its fate (_LEFT, _GONE or _REMOVED)."""
+        name = entry.name
+        if name[0] == "." and name.endswith(TMP_SUFFIX):  # a temp file of ours
+            return _REMOVED if self.leftover(fd, entry, prefix) else _LEFT
+        compressed = name.endswith(COMPRESSED_SUFFIXES)
+        if not self.covers(name, prefix, compressed):
+            return _LEFT
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return _GONE
+        except OSError as exc:
+            self.error(f"cannot stat {prefix}{name}: {exc.strerror or exc}")
+            return _LEFT
+        if not stat.S_ISREG(st.st_mode):
+            return _LEFT
+        decision = self.decide(st, compressed)
+        if self.phase == 1:
+            return self.apply_age_rules(fd, name, st, decision, prefix, created)
+        return self.apply_cap(fd, name, st, decision, prefix)
+
+    def covers(self, name: str, prefix: str, compressed: bool) -> bool:
+        """Whether the rule's patterns cover this file (a compressed one by its base name)."""
+        return (
+            self.name_match(name)
+            or self.path_match(prefix + name)
+            or (compressed and self.matches_base(name, prefix))
+        )
 
     def matches_base(self, name: str, prefix: str) -> bool:
         found = _COMPRESSED_RE.fullmatch(name)
         if found is None or not found.group(1):
             return False
         base = found.group(1)
-        if self.name_match is not None and self.name_match(base):
-            return True
-        return self.path_match is not None and bool(self.path_match(prefix + base))
+        return bool(self.name_match(base) or self.path_match(prefix + base))
+
+    def decide(self, st: os.stat_result, compressed: bool) -> int:
+        """Pass 1's decision for one covered file (a dry pass 2 replays it)."""
+        mtime = st.st_mtime
+        if mtime > self.recent_cut:
+            return _RECENT
+        if self.open_files and (st.st_dev, st.st_ino) in self.open_files:
+            return _OPEN
+        if compressed:
+            return _DELETE if mtime < self.delete_cut else _KEEP
+        if mtime < self.delete_plain_cut:
+            return _DELETE
+        if mtime < self.compress_cut:
+            return _COMPRESS
+        return _KEEP
+
+    def apply_age_rules(
+        self,
+        fd: int,
+        name: str,
+        st: os.stat_result,
+        decision: int,
+        prefix: str,
+        created: set[str],
+    ) -> int:
+        """Pass 1: delete or compress as decided, count what stays; returns the fate."""
+        report = self.report
+        report.files_matched += 1
+        size = st.st_size
+        report.bytes_before += size
+        if decision == _DELETE:
+            fate = self.delete_old(fd, name, prefix)
+            if fate != _LEFT:
+                return fate
+            capped = False  # could not be deleted: the cap leaves it alone too
+        elif decision == _COMPRESS:
+            result = self.compress(fd, name, st, prefix, created)
+            capped = result is not None  # a file left uncompressed is left alone
+            if result is not None:
+                name, size = result
+        else:
+            capped = decision == _KEEP
+            if decision == _RECENT:
+                report.skipped_recent += 1
+            elif decision == _OPEN:
+                report.skipped_open += 1
+        self.total += size
+        if capped and self.capping:
+            bucket = int(st.st_mtime // CAP_BUCKET_SECONDS)
+            self.histogram[bucket] = self.histogram.get(bucket, 0) + size
+        self.keep_largest(size, prefix, name)
+        return _LEFT
+
+    def apply_cap(self, fd: int, name: str, st: os.stat_result, decision: int, prefix: str) -> int:
+        """Pass 2: delete what lies in the hours the cap cuts off; returns the fate."""
+        size = st.st_size
+        if self.replay:  # pass 1 was dry: see the tree as it would have left it
+            if decision == _DELETE:
+                return _GONE
+            if decision == _COMPRESS:
+                size = self.compressed_size(fd, name, prefix)
+                name = compressed_name(name, st.st_mtime, self.extension)
+        if (
+            decision != _RECENT
+            and decision != _OPEN
+            and self.cut_off(st.st_mtime)
+            and self.delete_for_cap(fd, name, prefix)
+        ):
+            self.total -= size
+            return _REMOVED
+        self.keep_largest(size, prefix, name)
+        return _LEFT
+
+    def cut_off(self, mtime: float) -> bool:
+        """Whether the cap deletes a file of this age: older hours all, the cut hour while
+        the total is still over the cap."""
+        bucket = int(mtime // CAP_BUCKET_SECONDS)
+        cap = self.rule.max_total_bytes
+        return bucket < self.cut_bucket or (
+            bucket == self.cut_bucket and cap is not None and self.total > cap
+        )
 
     def is_untouchable(self, st: os.stat_result) -> bool:
+        """Recent or held open: a writer (or a live run) may still be at it."""
         return st.st_mtime > self.recent_cut or (st.st_dev, st.st_ino) in self.open_files
 
-    def leftover(self, fd: int, entry: os.DirEntry[str], prefix: str, replay: bool) -> bool:
+    def leftover(self, fd: int, entry: os.DirEntry[str], prefix: str) -> bool:
         """Remove a temp file a crashed run left behind (unless recent or open: a live run)."""
         try:
             st = entry.stat(follow_symlinks=False)
@@ -667,175 +693,141 @@ class _Cleaner:
             return False
         if not stat.S_ISREG(st.st_mode) or self.is_untouchable(st):
             return False
-        if replay:
-            return True
+        if self.replay:
+            return True  # a dry pass 1 already listed it
         if self.phase == 2 and not self.dry_run:
             return False  # appeared since pass 1: a live run's file
-        if not self.dry_run:
-            try:
-                os.unlink(entry.name, dir_fd=fd)
-            except FileNotFoundError:
-                return True
-            except OSError as exc:
-                self.error(f"cannot remove {prefix}{entry.name}: {exc.strerror or exc}")
-                return False
-        self.action(f"remove leftover {prefix}{entry.name}")
-        return True
+        return self.remove_leftover(fd, entry.name, prefix)
+
+    def remove_leftover(self, fd: int, name: str, prefix: str) -> bool:
+        fate = self.unlink(fd, name, prefix, verb="remove")
+        if fate == _REMOVED:
+            self.action(f"remove leftover {prefix}{name}")
+        return fate != _LEFT
+
+    def unlink(self, fd: int, name: str, prefix: str, verb: str = "delete") -> int:
+        """Delete one file (not in a dry run); returns its fate, an error is reported."""
+        if self.dry_run:
+            return _REMOVED
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            return _GONE
+        except OSError as exc:
+            self.error(f"cannot {verb} {prefix}{name}: {exc.strerror or exc}")
+            return _LEFT
+        return _REMOVED
+
+    def delete_old(self, fd: int, name: str, prefix: str) -> int:
+        """Delete a file past its age; returns its fate."""
+        fate = self.unlink(fd, name, prefix)
+        if fate == _REMOVED:
+            self.report.deleted += 1
+            if len(self.report.actions) < MAX_ACTIONS:  # no text built for unlisted actions
+                self.action(f"delete {prefix}{name}")
+            else:
+                self.hidden_actions += 1
+        return fate
 
     def delete_for_cap(self, fd: int, name: str, prefix: str) -> bool:
-        if not self.dry_run:
-            try:
-                os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:
-                return False
-            except OSError as exc:
-                self.error(f"cannot delete {prefix}{name}: {exc.strerror or exc}")
-                return False
+        if self.unlink(fd, name, prefix) != _REMOVED:
+            return False
         self.report.deleted += 1
         self.action(f"delete {prefix}{name} (size cap)")
         return True
 
-    def compressed_name(self, name: str, mtime: float) -> str:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(mtime))
-        return f"{name}.{stamp}{self.extension}"
+    # ------------------------------------------------------------------ compression
 
     def compressed_size(self, fd: int, name: str, prefix: str) -> int:
         """Size the compressed file would have (dry run): compress into a counter."""
-        sink = _Counter()
+        sink = ByteCounter()
         try:
-            src = os.open(name, _READ_FLAGS, dir_fd=fd)
+            src = os.open(name, READ_FLAGS, dir_fd=fd)
         except OSError as exc:
             self.error(f"cannot read {prefix}{name}: {exc.strerror or exc}")
             return 0
         try:
             st = os.fstat(src)
-            self.stream(src, sink, name, int(st.st_mtime))
+            stream(src, sink, name, int(st.st_mtime), self.rule.compression)
         except OSError as exc:
             self.error(f"cannot read {prefix}{name}: {exc.strerror or exc}")
         finally:
             os.close(src)
         return sink.size
 
-    def stream(self, src: int, out: IO[bytes] | _Counter, name: str, mtime: int) -> int:
-        """Compress everything readable from ``src`` into ``out``; returns bytes read."""
-        read = 0
-        if self.rule.compression == "zstd":
-            zstandard = importlib.import_module("zstandard")
-            with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as writer:
-                while chunk := os.read(src, _CHUNK):
-                    writer.write(chunk)
-                    read += len(chunk)
-            return read
-        with gzip.GzipFile(
-            filename=name, mode="wb", compresslevel=6, fileobj=out, mtime=mtime
-        ) as writer:
-            while chunk := os.read(src, _CHUNK):
-                writer.write(chunk)
-                read += len(chunk)
-        return read
-
     def compress(
-        self, fd: int, name: str, st: os.stat_result, prefix: str
+        self, fd: int, name: str, st: os.stat_result, prefix: str, created: set[str]
     ) -> tuple[str, int] | None:
         """Compress next to the original; returns (new name, size) or None if it stayed."""
-        new_name = self.compressed_name(name, st.st_mtime)
+        new_name = compressed_name(name, st.st_mtime, self.extension)
         rel = f"{prefix}{name}"
         if self.dry_run:
-            size = self.compressed_size(fd, name, prefix)
-            self.report.compressed += 1
-            self.action(f"compress {rel} -> {new_name}")
-            return new_name, size
-        tmp = f".{name}{TMP_SUFFIX}"
-        tmp_exists = False
+            size: int | None = self.compressed_size(fd, name, prefix)
+        else:
+            size = self.replace_by_compressed(fd, name, st, new_name, prefix, created)
+        if size is None:
+            return None
+        self.report.compressed += 1
+        self.action(f"compress {rel} -> {new_name}")
+        return new_name, size
+
+    def open_source(self, fd: int, name: str, rel: str) -> int | None:
+        """Open a file to compress without following a link; None when it is gone or not ours."""
         try:
-            src = os.open(name, _READ_FLAGS, dir_fd=fd)
+            return os.open(name, READ_FLAGS, dir_fd=fd)
         except FileNotFoundError:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # swapped for a symlink since listed: not ours
                 self.report.skipped_changed += 1
-                return None
-            self.error(f"cannot read {rel}: {exc.strerror or exc}")
+            else:
+                self.error(f"cannot read {rel}: {exc.strerror or exc}")
+            return None
+
+    def replace_by_compressed(
+        self,
+        fd: int,
+        name: str,
+        st: os.stat_result,
+        new_name: str,
+        prefix: str,
+        created: set[str],
+    ) -> int | None:
+        """Compress for real; returns the compressed size, or None if the original stayed.
+
+        The names it creates go into ``created``: the listing still under way skips them.
+        """
+        rel = f"{prefix}{name}"
+        tmp = f".{name}{TMP_SUFFIX}"
+        created.add(tmp)
+        src = self.open_source(fd, name, rel)
+        if src is None:
             return None
         try:
-            before = os.fstat(src)
-            if (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino):
-                raise _Changed
-            dst = self.create_tmp(fd, tmp, before, prefix)
-            tmp_exists = True
-            try:
-                with open(dst, "wb", closefd=False) as out:
-                    read = self.stream(src, out, name, int(before.st_mtime))
-                    out.flush()
-                os.fsync(dst)
-                os.utime(dst, ns=(before.st_atime_ns, before.st_mtime_ns))
-                size = os.fstat(dst).st_size
-            finally:
-                os.close(dst)
-            after = os.fstat(src)
-            if (
-                read != before.st_size
-                or after.st_size != before.st_size
-                or after.st_mtime_ns != before.st_mtime_ns
-            ):
-                raise _Changed
-            os.rename(tmp, new_name, src_dir_fd=fd, dst_dir_fd=fd)
-            tmp_exists = False
-            os.fsync(fd)
-            try:
-                current = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                current = before  # rotated away meanwhile: the compressed copy is all there is
-                name = ""
-            after = os.fstat(src)
-            if (
-                (current.st_dev, current.st_ino) != (before.st_dev, before.st_ino)
-                or after.st_size != before.st_size
-                or after.st_mtime_ns != before.st_mtime_ns
-            ):
-                # Written between the check and now: keep both, nothing is lost.
-                self.report.skipped_changed += 1
-                self.action(f"keep {rel} (written during compression) and {new_name}")
-                return None
-            if name:
-                os.unlink(name, dir_fd=fd)
-        except _Changed:
+            size = compress_beside(
+                fd,
+                src,
+                name,
+                st,
+                new_name,
+                tmp,
+                self.rule.compression,
+                untouchable=self.is_untouchable,
+                cleared=lambda: self.action(f"remove leftover {prefix}{tmp}"),
+            )
+            created.add(new_name)
+            return size
+        except Changed:
             self.report.skipped_changed += 1
             self.action(f"skip {rel} (changed during compression)")
-            return None
+        except WrittenMeanwhile:
+            self.report.skipped_changed += 1
+            self.action(f"keep {rel} (written during compression) and {new_name}")
         except OSError as exc:
             self.error(f"cannot compress {rel}: {exc.strerror or exc}")
-            return None
         finally:
             os.close(src)
-            if tmp_exists:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=fd)
-        self.report.compressed += 1
-        self.action(f"compress {rel} -> {new_name}")
-        return new_name, size
-
-    def create_tmp(self, fd: int, tmp: str, original: os.stat_result, prefix: str) -> int:
-        """Create the temp file with the original's mode and owner; clear a stale one once."""
-        for attempt in range(2):
-            try:
-                dst = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=fd)
-                break
-            except FileExistsError:
-                st = os.stat(tmp, dir_fd=fd, follow_symlinks=False)
-                if attempt or not stat.S_ISREG(st.st_mode) or self.is_untouchable(st):
-                    raise
-                os.unlink(tmp, dir_fd=fd)
-                self.action(f"remove leftover {prefix}{tmp}")
-        try:
-            os.fchmod(dst, stat.S_IMODE(original.st_mode))
-            if os.geteuid() == 0:
-                os.fchown(dst, original.st_uid, original.st_gid)
-        except OSError:
-            os.close(dst)
-            os.unlink(tmp, dir_fd=fd)
-            raise
-        return dst
+        return None
 
 
 def _date_level(name: str, parent_level: int) -> int:

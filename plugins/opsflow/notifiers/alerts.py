@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from airflow.sdk import BaseNotifier
 
+from opsflow.errors import OpsflowError
 from opsflow.notifiers.message import AlertMessage, redact_text, truncate
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ _USERINFO = re.compile(r"://[^/\s@]+@")
 _BARE_PATH = re.compile(r"(?P<lead>\burl: )/\S*")
 
 
-class AlertDeliveryError(RuntimeError):
+class AlertDeliveryError(OpsflowError, RuntimeError):
     """A route could not deliver; the message is already safe to log."""
 
 

@@ -30,8 +30,8 @@ from opsflow.operators.steps import (
     as_bool,
     human_bytes,
     human_duration,
+    run_stack,
 )
-from opsflow.stack.loader import load_stack
 
 PLAN_TASK = "plan"
 
@@ -85,7 +85,7 @@ class BackupStepOperator(StepOperator):
     @property
     def backups(self) -> StackBackups:
         if self._backups is None:
-            self._backups = StackBackups(load_stack(self.stack_name))
+            self._backups = StackBackups(run_stack(self.stack_name))
         return self._backups
 
     def plan(self, context: Context) -> dict[str, Any]:
@@ -159,10 +159,6 @@ class SourceStepOperator(BackupStepOperator):
     def run_context(self, plan: dict[str, Any]) -> Any:
         self._context = self.backups.context(plan["backup_id"], self.log, Path(plan["staging"]))
         return self._context
-
-    def on_kill(self) -> None:
-        if self._context is not None:
-            self._context.pipeline.terminate()
 
 
 class SourceDumpOperator(SourceStepOperator):

@@ -11,52 +11,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk import Context
 
-from opsflow.operators.steps import (
-    RECORD_KEY,
-    StepRecord,
-    as_bool,
-    first_line,
-    human_bytes,
-    refuse_unknown_conf,
-)
-from opsflow.stack.loader import load_stack
+from opsflow.operators.steps import StepOperator, StepRecord, human_bytes, run_stack
 from opsflow.stack.model import LogRoot, Stack
 
 
-class MaintenanceStepOperator(BaseOperator):
-    """Base of the housekeeping steps: dry-run flag, step record, honest failure."""
+class MaintenanceStepOperator(StepOperator):
+    """Base of the housekeeping steps: every root is handled before the step fails."""
 
-    template_fields: Sequence[str] = ("is_dry_run",)
     ui_color = "#eef6ea"
+    returns_record = True
 
-    def __init__(self, *, dry_run: bool | str = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.is_dry_run = dry_run
-
-    def run(self, record: StepRecord) -> list[str]:
+    def housekeep(self, record: StepRecord) -> list[str]:
         """Do the work, fill ``record``; return the problems that must fail the task."""
         raise NotImplementedError
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        record = StepRecord(step=self.task_id, dry_run=as_bool(self.is_dry_run))
-        ti = context["ti"]
-        try:
-            refuse_unknown_conf(context, self)
-            problems = self.run(record)
-        except Exception as error:
-            ti.xcom_push(key=RECORD_KEY, value=record.finish("failed", first_line(str(error))))
-            raise
-        for line in record.lines:
-            self.log.info("%s", line)
-        if problems:
-            ti.xcom_push(key=RECORD_KEY, value=record.finish("failed", problems[0]))
-            raise AirflowException("\n".join(problems))
-        result = record.finish("dry-run" if record.dry_run else "ok")
-        ti.xcom_push(key=RECORD_KEY, value=result)
-        return result
+    def run(self, record: StepRecord, context: Context) -> None:
+        record.problems = self.housekeep(record)
 
 
 def describe_root_report(label: str, report: dict[str, Any]) -> list[str]:
@@ -132,12 +104,8 @@ def root_path(root: LogRoot) -> Path:
 class StackLogFilesOperator(MaintenanceStepOperator):
     """Compress, delete and cap the log files of every ``logs.roots`` entry of a stack."""
 
-    def __init__(self, *, stack_name: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stack_name = stack_name
-
-    def run(self, record: StepRecord) -> list[str]:
-        stack = load_stack(self.stack_name)
+    def housekeep(self, record: StepRecord) -> list[str]:
+        stack = run_stack(self.stack_name)
         if not stack.logs.roots:
             record.detail = "the stack declares no log roots"
             return []
@@ -151,14 +119,10 @@ class StackLogFilesOperator(MaintenanceStepOperator):
 class ContainerLogsOperator(MaintenanceStepOperator):
     """Report each container's log size; fail when required log limits are missing."""
 
-    def __init__(self, *, stack_name: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stack_name = stack_name
-
-    def run(self, record: StepRecord) -> list[str]:
+    def housekeep(self, record: StepRecord) -> list[str]:
         from opsflow.logs.containers import container_log_report, log_limit_violations
 
-        stack = load_stack(self.stack_name)
+        stack = run_stack(self.stack_name)
         report = container_log_report(stack)
         record.report = [entry.to_dict() for entry in report]
         for entry in report:
@@ -175,14 +139,10 @@ class ContainerLogsOperator(MaintenanceStepOperator):
 class PruneImagesOperator(MaintenanceStepOperator):
     """Remove the stack's images older than the last K releases, never a rollback image."""
 
-    def __init__(self, *, stack_name: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stack_name = stack_name
-
-    def run(self, record: StepRecord) -> list[str]:
+    def housekeep(self, record: StepRecord) -> list[str]:
         from opsflow.logs.containers import plan_image_pruning, prune_images
 
-        stack: Stack = load_stack(self.stack_name)
+        stack: Stack = run_stack(self.stack_name)
         plan = plan_image_pruning(stack, stack.logs.keep_images_releases)
         outcome = prune_images(plan, dry_run=record.dry_run)
         record.report = {"plan": plan.to_dict(), "outcome": outcome}
@@ -200,7 +160,7 @@ class AirflowLogsOperator(MaintenanceStepOperator):
         super().__init__(**kwargs)
         self.retention_days = retention_days
 
-    def run(self, record: StepRecord) -> list[str]:
+    def housekeep(self, record: StepRecord) -> list[str]:
         from opsflow.logs.airflow_logs import airflow_log_roots
 
         days = int(self.retention_days)

@@ -11,18 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 
-from opsflow.operators.compose import ComposeStepOperator
-from opsflow.operators.steps import RECORD_KEY, StepOperator, StepRecord, as_bool
-from opsflow.releases.ledger import Ledger, LedgerEntry, check_version, now_iso
+from opsflow.operators.steps import RECORD_KEY, StepOperator, StepRecord, run_stack
+from opsflow.releases.ledger import Ledger, LedgerEntry, now_iso
 from opsflow.releases.outcome import Observation, Settled, StepFacts, settle_upgrade
 from opsflow.releases.switch import ReleaseSwitch, Snapshot
-from opsflow.stack.loader import load_stack
+from opsflow.stack.model import check_version
 
 RecordMap = dict[str, dict[str, Any] | None]
-MIGRATION_STARTED = "migration started"
-MIGRATION_FINISHED = "migration finished"
 
 
 def entry_id(context: Context) -> str:
@@ -141,7 +138,7 @@ class ReleaseStepOperator(StepOperator):
         self.version = version
 
     def switch(self) -> ReleaseSwitch:
-        return ReleaseSwitch(load_stack(self.stack_name), self.log)
+        return ReleaseSwitch(run_stack(self.stack_name), self.log)
 
     def entry(self, context: Context) -> LedgerEntry:
         entry = Ledger(self.stack_name).get(entry_id(context))
@@ -150,52 +147,6 @@ class ReleaseStepOperator(StepOperator):
                 f"no ledger entry {entry_id(context)}: preflight did not run"
             )
         return entry
-
-
-class ReleaseComposeStepOperator(ComposeStepOperator):
-    """Build/pull, migrate or start a release inside a deploy or an upgrade.
-
-    A build, pull or migration that ran and failed is a verdict and is not retried; Airflow
-    retries only what failed before it ran, and ``start`` (``compose up`` is idempotent).
-    When the run has a ledger entry (upgrades open one at preflight), the fetch step records
-    the new release's image ids in it (what the run later compares the engine with), and
-    the migration notes that it started and finished: a rollback then restores the data
-    even if this task's process dies, and a retry never re-runs a migration cut short.
-    """
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        dry = as_bool(self.is_dry_run)
-        ledger = Ledger(self.stack_name)
-        entry = None if dry else ledger.get(entry_id(context))
-        if entry is not None and self.step == "migrate":
-            if MIGRATION_STARTED in entry.notes and MIGRATION_FINISHED not in entry.notes:
-                raise AirflowFailException(
-                    "an earlier attempt of the migration was cut short: it is not run again "
-                    "on a database in an unknown state (the rollback restores the backup)"
-                )
-            if MIGRATION_STARTED not in entry.notes:
-                entry.notes.append(MIGRATION_STARTED)
-                ledger.write(entry)
-        try:
-            result = super().execute(context)
-        except AirflowFailException:
-            raise
-        except AirflowException as failed:
-            if self.step == "start":
-                raise  # compose up is idempotent: worth a retry
-            # A build, pull or migration that ran and failed is a verdict, not an accident.
-            raise AirflowFailException(str(failed)) from None
-        if entry is not None and self.step == "fetch":
-            entry.images = {
-                service: {"image": fact["image"], "id": fact.get("id")}
-                for service, fact in result.get("images", {}).items()
-            }
-            ledger.write(entry)
-        if entry is not None and self.step == "migrate":
-            entry = ledger.get(entry.entry_id) or entry
-            entry.notes.append(MIGRATION_FINISHED)
-            ledger.write(entry)
-        return result
 
 
 class LedgerRecordOperator(StepOperator):
@@ -261,7 +212,7 @@ class LedgerRecordOperator(StepOperator):
         if self.backup_from and (backup := context["ti"].xcom_pull(task_ids=self.backup_from)):
             entry.backup_id = entry.backup_id or backup.get("backup_id")
         result: dict[str, Any] = {"version": entry.version, "from_version": entry.from_version}
-        switch = ReleaseSwitch(load_stack(self.stack_name), self.log)
+        switch = ReleaseSwitch(run_stack(self.stack_name), self.log)
         if entry.action in ("deploy", "rollback") and entry.image_ids():
             observed = switch.observe([(entry.version, entry.image_ids())])
             result["running"] = observed.describe()
@@ -284,7 +235,7 @@ class LedgerRecordOperator(StepOperator):
     def _finish_upgrade(
         self, entry: LedgerEntry, ledger: Ledger, context: Context
     ) -> dict[str, Any]:
-        switch = ReleaseSwitch(load_stack(self.stack_name), self.log)
+        switch = ReleaseSwitch(run_stack(self.stack_name), self.log)
         settled, observed = settle_upgrade_run(switch, entry, context, self.step_task_ids)
         entry.outcome = settled.outcome
         entry.failed_task, entry.error = settled.failed_task, settled.error

@@ -7,6 +7,7 @@ a corrupt backup costs nothing but a failed run.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -161,7 +162,8 @@ class WritersOperator(BackupStepOperator):
         verb = f"would {self.action}" if record.dry_run else self.action
         record.lines = [f"{verb}: {', '.join(services)}"]
         if not record.dry_run:
-            services = backups.compose_services(self.action, services, plan["release"], self.log)
+            at_release = dataclasses.replace(backups, release=plan["release"])
+            services = at_release.switch_services(self.action, services, self.log)
         record.detail = f"{self.action} {', '.join(services)}"
         return services
 

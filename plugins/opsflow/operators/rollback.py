@@ -11,8 +11,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from opsflow.backup.manifest import new_backup_id, utcnow
 from opsflow.operators.release import ReleaseStepOperator, entry_id, triggered_by
 from opsflow.operators.steps import StepRecord, as_bool
-from opsflow.releases.ledger import LedgerEntry, Release, check_version
+from opsflow.releases.ledger import LedgerEntry, Release
 from opsflow.releases.switch import Snapshot, postgres_source_names
+from opsflow.stack.model import check_version
 
 PREVIOUS = "previous"
 

@@ -14,7 +14,9 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from opsflow.stack.model import Stack
 
 RECORD_KEY = "step_record"
 
@@ -33,6 +35,8 @@ class StepRecord:
     # Human-readable lines for the run summary, and the step's structured report.
     lines: list[str] = field(default_factory=list)
     report: Any = None
+    # What must fail the step once its work is done (housekeeping finishes every root).
+    problems: list[str] = field(default_factory=list)
     _started: float = field(default_factory=time.monotonic, repr=False)
 
     def finish(self, status: str, detail: str = "") -> dict[str, Any]:
@@ -45,6 +49,22 @@ class StepRecord:
         data = asdict(self)
         data.pop("_started")
         return data
+
+
+def run_stack(stack_name: str) -> Stack:
+    """The stack as this run sees it: the stack file as the run's first task read it
+    (``stack.run_snapshot``), so every task and retry of one run works from the same
+    stack. Outside a task (tests, benchmarks) it is the file as it is now."""
+    from airflow.sdk import get_current_context
+
+    from opsflow.stack.loader import load_stack
+    from opsflow.stack.run_snapshot import load_run_stack
+
+    try:
+        ti = get_current_context()["ti"]
+    except Exception:
+        return load_stack(stack_name)
+    return load_run_stack(stack_name, ti.dag_id, ti.run_id)
 
 
 def refuse_unknown_conf(context: Context, task: BaseOperator) -> None:
@@ -104,10 +124,14 @@ class StepOperator(BaseOperator):
     """A workflow step that keeps a :class:`StepRecord` and ends honestly.
 
     Subclasses implement :meth:`run`; the record is pushed whether the step succeeds,
-    fails or is skipped, and its lines are logged either way.
+    fails or is skipped, and its lines are logged either way. A step that must finish its
+    work before failing (housekeeping) puts what went wrong in ``record.problems``: the
+    task then fails with all of them after the work is done. With ``returns_record`` the
+    task's return value is the finished record (what the UI shows).
     """
 
     template_fields: Sequence[str] = ("is_dry_run",)
+    returns_record: bool = False
 
     def __init__(self, *, stack_name: str, dry_run: bool | str = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -117,6 +141,14 @@ class StepOperator(BaseOperator):
     def run(self, record: StepRecord, context: Context) -> Any:
         """Do the work and fill ``record``; raise to fail, :class:`AirflowSkipException` to skip."""
         raise NotImplementedError
+
+    def on_kill(self) -> None:
+        """A killed step leaves none of the commands it started running."""
+        from opsflow.runtimes.process import terminate_started
+
+        ended = terminate_started()
+        if ended:
+            self.log.warning("Killed: ended %s command(s) this step had started", ended)
 
     def execute(self, context: Context) -> Any:
         record = StepRecord(step=self.task_id, dry_run=as_bool(self.is_dry_run))
@@ -134,5 +166,9 @@ class StepOperator(BaseOperator):
             raise
         for line in record.lines:
             self.log.info("%s", line)
-        ti.xcom_push(key=RECORD_KEY, value=record.finish("dry-run" if record.dry_run else "ok"))
-        return result
+        if record.problems:
+            ti.xcom_push(key=RECORD_KEY, value=record.finish("failed", record.problems[0]))
+            raise AirflowException("\n".join(record.problems))
+        finished = record.finish("dry-run" if record.dry_run else "ok")
+        ti.xcom_push(key=RECORD_KEY, value=finished)
+        return finished if self.returns_record else result

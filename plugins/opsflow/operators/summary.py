@@ -212,16 +212,16 @@ class UpgradeSummaryOperator(RunSummaryOperator):
         """(known, alert): how the run ended when ``record`` did not say; unknown when the
         upgrade stopped before its snapshot."""
         from opsflow.operators.release import entry_id, settle_upgrade_run
+        from opsflow.operators.steps import run_stack
         from opsflow.releases.ledger import Ledger
         from opsflow.releases.switch import ReleaseSwitch
-        from opsflow.stack.loader import load_stack
 
         if as_bool(self.is_dry_run):
             return True, None
         entry = Ledger(self.stack_name).get(entry_id(context))
         if entry is None or not entry.snapshot:
             return False, None
-        switch = ReleaseSwitch(load_stack(self.stack_name), self.log)
+        switch = ReleaseSwitch(run_stack(self.stack_name), self.log)
         upgrade_steps = [t for t in self.step_task_ids if t not in ("rollback", "rollback_verify")]
         upgrade_steps = upgrade_steps[: upgrade_steps.index("verify") + 1]
         settled, _ = settle_upgrade_run(switch, entry, context, upgrade_steps)
@@ -229,10 +229,10 @@ class UpgradeSummaryOperator(RunSummaryOperator):
 
     def report(self, message: str, context: Context) -> None:
         from opsflow.notifiers.routes import send_alert
-        from opsflow.stack.loader import load_stack
+        from opsflow.operators.steps import run_stack
 
         results = send_alert(
-            load_stack(self.stack_name), {**context, "exception": AirflowFailException(message)}
+            run_stack(self.stack_name), {**context, "exception": AirflowFailException(message)}
         )
         for result in results:
             state = "delivered" if result.delivered else "FAILED"

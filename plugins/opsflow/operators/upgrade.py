@@ -24,7 +24,6 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from opsflow.backup.manifest import new_backup_id, utcnow
 from opsflow.operators.release import (
-    MIGRATION_STARTED,
     ReleaseStepOperator,
     entry_id,
     step_facts,
@@ -33,12 +32,12 @@ from opsflow.operators.release import (
     triggered_by,
     upgrade_releases,
 )
-from opsflow.operators.steps import StepRecord, first_line
-from opsflow.releases.ledger import RELEASE_ACTIONS, Ledger, LedgerEntry, check_version
+from opsflow.operators.runtime_step import MIGRATION_STARTED
+from opsflow.operators.steps import StepRecord, first_line, run_stack
+from opsflow.releases.ledger import RELEASE_ACTIONS, Ledger, LedgerEntry
 from opsflow.releases.outcome import rollback_decision
 from opsflow.releases.switch import ReleaseSwitch, Snapshot, postgres_source_names
-from opsflow.stack.loader import load_stack
-from opsflow.stack.model import Stack
+from opsflow.stack.model import check_version
 
 PREFLIGHT_TASK = "preflight"
 SNAPSHOT_TASK = "snapshot"
@@ -47,16 +46,14 @@ BACKUP_TASK = "pre_upgrade_backup"
 UNSETTLED = ("running", "rollback-failed")
 
 
-def healthy_now(stack: Stack) -> list[str]:
+def healthy_now(switch: ReleaseSwitch) -> list[str]:
     """One round of every health check of the stack; the names of the failing ones."""
-    from opsflow.factory.common import compose_context
-    from opsflow.triggers.checks import ComposeContext, check_name, run_check
+    from opsflow.health import check_name, run_check
 
-    data = compose_context(stack)
-    compose = ComposeContext.from_dict(data) if data else None
+    stack, runtime = switch.stack, switch.runtime.context()
 
     async def one_round() -> list[Any]:
-        return await asyncio.gather(*(run_check(check, compose) for check in stack.checks))
+        return await asyncio.gather(*(run_check(check, runtime) for check in stack.checks))
 
     results = asyncio.run(one_round())
     return [
@@ -190,12 +187,12 @@ class UpgradePreflightOperator(ReleaseStepOperator):
     def _checks(self, switch: ReleaseSwitch, target: str, record: StepRecord) -> None:
         stack = switch.stack
         try:
-            images = switch.project.images(target)
+            images = switch.runtime.images(target)
         except Exception as error:
             raise AirflowFailException(f"config of {target} is invalid: {error}") from None
         record.lines.append(f"config valid for {target}: images {sorted(set(images.values()))}")
         record.lines.append(self._fetchable(switch, target, images))
-        unhealthy = healthy_now(stack)
+        unhealthy = healthy_now(switch)
         if unhealthy:
             raise AirflowFailException(
                 f"{self.stack_name} is not healthy now, so an upgrade has no safe starting "
@@ -211,30 +208,21 @@ class UpgradePreflightOperator(ReleaseStepOperator):
         record.lines.append(self._disk_space(switch))
 
     def _fetchable(self, switch: ReleaseSwitch, target: str, images: dict[str, str]) -> str:
-        config = switch.project.config(target).get("services", {})
-        if switch.project.runtime.images == "build":
-            missing = [
-                f"{name}: {spec['build'].get('context')}"
-                for name, spec in config.items()
-                if spec.get("build") and not Path(str(spec["build"].get("context"))).is_dir()
-            ]
+        runtime = switch.runtime
+        if runtime.fetch_step == "build":
+            missing = runtime.missing_build_inputs(target)
             if missing:
                 raise AirflowFailException(f"build context missing for {'; '.join(missing)}")
             return f"buildable: every build context of {target} exists (built before the backup)"
-        from opsflow.runtimes.engine import image_facts
-
-        facts = image_facts(sorted(set(images.values())))
+        facts = runtime.image_facts(sorted(set(images.values())))
         absent = [ref for ref, fact in facts.items() if not fact["id"]]
         for ref in absent:
-            # Only asks the registry for the manifest; nothing is downloaded.
-            probe = ["docker", "manifest", "inspect", ref]
-            result = switch.project.runner(target, self.log).run(probe, timeout=60, check=False)
-            if result.returncode != 0:
+            if not runtime.pullable(ref, self.log):
                 raise AirflowFailException(f"image {ref} is neither local nor pullable")
         return f"pullable: {len(facts) - len(absent)} local, {len(absent)} in the registry"
 
     def _disk_space(self, switch: ReleaseSwitch) -> str:
-        from opsflow.backup.postgres import database_size
+        from opsflow.backup.postgres.client import database_size
         from opsflow.backup.stack_backup import StackBackups
         from opsflow.operators.steps import human_bytes
 
@@ -293,7 +281,7 @@ class PreUpgradeBackupOperator(ReleaseStepOperator):
     """Back up the stack's PostgreSQL databases before anything changes them."""
 
     def run(self, record: StepRecord, context: Context) -> dict[str, Any]:
-        stack = load_stack(self.stack_name)
+        stack = run_stack(self.stack_name)
         names = postgres_source_names(stack)
         if not names:
             raise AirflowSkipException("the stack backs up no PostgreSQL database")

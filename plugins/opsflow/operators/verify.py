@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
 
-from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line
+from opsflow.health import HealthCheck, check_from_data, check_name, check_to_data
+from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line, run_stack
 from opsflow.sensors.health import HealthGateSensor
-from opsflow.stack.model import HealthCheck, HealthGate
-from opsflow.triggers.checks import check_from_data, check_name
+from opsflow.stack.model import HealthGate, check_version
+
+if TYPE_CHECKING:
+    from opsflow.runtimes.base import Runtime, RuntimeContext
 
 
 class StackGateSensor(HealthGateSensor):
     """Health gate over every check of a stack that also reports to the run summary.
 
-    In a dry run it lists the checks and the gate settings instead of waiting.
+    It gates the stack as this run sees it (``run_stack``): the checks, gate settings and
+    runtime are taken from the run's stack when the task runs, not from the DAG as it was
+    parsed, so a gate and the steps around it never work from two different stack files.
+    The parse-time checks only validate the DAG. In a dry run it lists the checks and the
+    gate settings instead of waiting.
     """
 
     template_fields: Sequence[str] = (*HealthGateSensor.template_fields, "version", "is_dry_run")
@@ -41,23 +48,38 @@ class StackGateSensor(HealthGateSensor):
         self.stack_name = stack_name
         self.version = version
         self.is_dry_run = dry_run
+        self._stack_runtime: Runtime | None = None
 
-    def compose_env(self) -> dict[str, str]:
-        from opsflow.runtimes.compose import check_version
-        from opsflow.stack.loader import load_stack
-        from opsflow.stack.model import ComposeRuntime
+    def _adopt_run_stack(self) -> None:
+        """Checks, gate and runtime of the stack as this run sees it."""
+        from opsflow.runtimes.registry import runtime_for
 
-        runtime = load_stack(self.stack_name).runtime
-        if not isinstance(runtime, ComposeRuntime):
-            return {}
-        return {runtime.version_variable: check_version(str(self.version))}
+        stack = run_stack(self.stack_name)
+        gate = stack.health_gate
+        self.checks = [check_to_data(check) for check in stack.checks]
+        self.consecutive = gate.consecutive
+        self.interval = gate.interval.total_seconds()
+        self.timeout = gate.timeout.total_seconds()
+        self._stack_runtime = runtime_for(stack)
+        self.runtime = self._stack_runtime.context().to_dict()
+
+    def unhealthy_window(self, runtime: RuntimeContext | None) -> float | None:
+        version = check_version(str(self.version))
+        if self._stack_runtime is None:
+            return super().unhealthy_window(runtime)
+        try:
+            return self._stack_runtime.unhealthy_window(version)
+        except Exception as error:
+            self.log.warning("Cannot read the runtime's unhealthy window: %s", error)
+            return None
 
     def _record(self) -> StepRecord:
         return StepRecord(
             step=self.task_id, version=str(self.version), dry_run=as_bool(self.is_dry_run)
         )
 
-    def execute(self, context: Context) -> None:
+    def execute(self, context: Context) -> Any:
+        self._adopt_run_stack()
         if as_bool(self.is_dry_run):
             names = [check_name(check_from_data(data)) for data in self.checks]
             self.log.info(
@@ -70,7 +92,7 @@ class StackGateSensor(HealthGateSensor):
             record.health = [{"name": name, "ok": None, "detail": "not run"} for name in names]
             context["ti"].xcom_push(key=RECORD_KEY, value=record.finish("dry-run"))
             return
-        super().execute(context)
+        return super().execute(context)
 
     def execute_complete(
         self, context: Context, event: dict[str, Any] | None = None

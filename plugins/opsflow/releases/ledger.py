@@ -30,14 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opsflow.backup.stream import write_atomic
-from opsflow.paths import make_private_dirs
-from opsflow.stack.model import STACK_NAME_PATTERN, VERSION_PATTERN
+from opsflow.paths import make_private_dirs, stack_state_dir, write_atomic
+from opsflow.stack.model import check_version
 
 log = logging.getLogger(__name__)
 
-STATE_DIR_ENV = "OPSFLOW_STATE_DIR"
-DEFAULT_STATE_DIR = Path("/var/lib/opsflow")
 LEDGER_FILE = "ledger.jsonl"
 LEGACY_HISTORY_FILE = "releases.jsonl"
 ACTIONS = ("deploy", "upgrade", "rollback", "restore")
@@ -46,28 +43,7 @@ ACTIONS = ("deploy", "upgrade", "rollback", "restore")
 OUTCOMES = ("running", "succeeded", "failed", "rolled-back", "rollback-failed")
 # Actions whose success changes which release runs.
 RELEASE_ACTIONS = ("deploy", "upgrade", "rollback")
-_STACK_NAME = re.compile(STACK_NAME_PATTERN)
-_VERSION = re.compile(VERSION_PATTERN)
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-
-
-def state_dir() -> Path:
-    """``$OPSFLOW_STATE_DIR``, else ``/var/lib/opsflow``."""
-    configured = os.environ.get(STATE_DIR_ENV)
-    return Path(configured) if configured else DEFAULT_STATE_DIR
-
-
-def stack_state_dir(stack: str) -> Path:
-    # The stack name becomes a directory name: refuse anything the stack model would refuse.
-    if not isinstance(stack, str) or not _STACK_NAME.fullmatch(stack):
-        raise ValueError(f"invalid stack name {stack!r}")
-    return state_dir() / stack
-
-
-def check_version(version: str) -> str:
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
-        raise ValueError(f"invalid version {version!r}: use letters, digits, '.', '_' and '-' only")
-    return version
 
 
 def now_iso() -> str:

@@ -22,9 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from opsflow.backup.stream import write_atomic
-from opsflow.paths import make_private_dirs
-from opsflow.releases.ledger import stack_state_dir
+from opsflow.paths import make_private_dirs, stack_state_dir, write_atomic
 
 LOCK_FILE = "lock.json"
 GUARD_FILE = ".lock.guard"

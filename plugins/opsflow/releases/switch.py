@@ -17,11 +17,12 @@ from typing import Any
 
 from opsflow.backup.manifest import BackupError, new_backup_id, utcnow
 from opsflow.backup.stream import check_artifact
-from opsflow.releases.ledger import ConfigSnapshot, Ledger, check_version
+from opsflow.releases.ledger import ConfigSnapshot, Ledger
 from opsflow.releases.outcome import Observation, observe
-from opsflow.runtimes.compose import ComposeProject
+from opsflow.runtimes.base import RuntimeFailure
 from opsflow.runtimes.process import LineLogger
-from opsflow.stack.model import ComposeRuntime, Stack
+from opsflow.runtimes.registry import runtime_for
+from opsflow.stack.model import Stack, check_version
 
 STOP_TIMEOUT = 300.0
 START_TIMEOUT = 600.0
@@ -45,20 +46,18 @@ class Snapshot:
 
 class ReleaseSwitch:
     def __init__(self, stack: Stack, log: LineLogger, stacks_dir: Path | None = None) -> None:
-        if not isinstance(stack.runtime, ComposeRuntime):
-            raise ValueError(f"{stack.name}: releases can be switched on the compose runtime only")
         self.stack = stack
         self.log = log
         self.stacks_dir = stacks_dir
         self.ledger = Ledger(stack.name)
-        self.project = ComposeProject.for_stack(stack, stacks_dir)
+        self.runtime = runtime_for(stack, stacks_dir)
 
     # ------------------------------------------------------------------ facts
 
     def config_paths(self) -> list[tuple[str, Path]]:
         """The stack's config files; the stack file itself is opsflow's description of the
         stack, not its config: its digest is recorded, but a rollback never rewrites it."""
-        return release_config_paths(self.stack, self.project.working_dir)
+        return self.runtime.config_paths()
 
     def stack_file_digest(self) -> str:
         import hashlib
@@ -77,18 +76,14 @@ class ReleaseSwitch:
     def images(self, version: str) -> dict[str, dict[str, Any]]:
         """Reference and local image id of every versioned service of ``version`` (the
         database and cache images are not the release's to put back)."""
-        from opsflow.runtimes.engine import image_facts
-
         versioned = set(self.app_services())
-        refs = {s: ref for s, ref in self.project.images(version).items() if s in versioned}
-        facts = image_facts(sorted(set(refs.values())))
+        refs = {s: ref for s, ref in self.runtime.images(version).items() if s in versioned}
+        facts = self.runtime.image_facts(sorted(set(refs.values())))
         return {service: {"image": ref, "id": facts[ref]["id"]} for service, ref in refs.items()}
 
     def missing_images(self, images: dict[str, dict[str, Any]]) -> list[str]:
         """The recorded images (by id) that are no longer on this host."""
-        from opsflow.runtimes.engine import image_facts
-
-        facts = image_facts(sorted({str(fact["id"]) for fact in images.values()}))
+        facts = self.runtime.image_facts(sorted({str(fact["id"]) for fact in images.values()}))
         return [
             f"{service} ({fact['image']}, {str(fact['id'])[:19]})"
             for service, fact in sorted(images.items())
@@ -98,9 +93,7 @@ class ReleaseSwitch:
     def observe(self, releases: Sequence[tuple[str, Mapping[str, str]]]) -> Observation:
         """Which of ``releases`` (``[(version, {service: image id})]``, preferred first) the
         versioned services run now, as the engine reports it."""
-        from opsflow.runtimes.engine import project_containers
-
-        return observe(project_containers(self.project.name), self.app_services(), releases)
+        return observe(self.runtime.running(), self.app_services(), releases)
 
     def snapshot(self, version: str) -> tuple[Snapshot, list[str]]:
         """The running release as the ledger recorded it, checked against the engine."""
@@ -145,37 +138,22 @@ class ReleaseSwitch:
 
     def stop_app(self, version: str) -> list[str]:
         services = self.app_services()
-        self.project.runner(version, self.log).run(
-            self.project.stop_argv(services), timeout=STOP_TIMEOUT
-        )
+        self.runtime.run("stop", version, self.log, services=services, timeout=STOP_TIMEOUT)
         return services
 
     def put_back_images(self, images: dict[str, dict[str, Any]]) -> list[str]:
-        """Point each reference at the recorded image again (a rebuilt or re-pulled tag
-        would otherwise start something else under the old name)."""
-        from opsflow.runtimes.engine import image_facts, tag_image
-
-        lines = []
-        facts = image_facts(sorted({fact["image"] for fact in images.values()}))
-        for service, fact in sorted(images.items()):
-            now = facts[fact["image"]]["id"]
-            if now == fact["id"]:
-                continue
-            try:
-                tag_image(fact["id"], fact["image"])
-            except Exception as error:
-                raise BackupError(
-                    f"cannot put back image {fact['image']} ({str(fact['id'])[:19]}) of "
-                    f"{service}: {error}"
-                ) from error
-            lines.append(f"re-tagged {fact['image']} -> {str(fact['id'])[:19]}")
-        return lines
+        """Make each service's reference mean the recorded image again (a rebuilt or
+        re-pulled tag would otherwise start something else under the old name)."""
+        try:
+            return self.runtime.pin_images(images)
+        except RuntimeFailure as error:
+            raise BackupError(str(error)) from error
 
     def put_back_config(self, digest: str) -> list[str]:
         return self.ledger.restore_config(digest, self.config_paths())
 
     def start(self, version: str) -> None:
-        self.project.runner(version, self.log).run(self.project.up_argv(), timeout=START_TIMEOUT)
+        self.runtime.run("start", version, self.log, timeout=START_TIMEOUT)
 
     def down_migration_allowed(self, new_version: str) -> bool:
         migration = self.stack.migration
@@ -184,18 +162,7 @@ class ReleaseSwitch:
         return any(fnmatch.fnmatchcase(new_version, p) for p in migration.down_safe_for)
 
     def down_migrate(self, new_version: str, previous_version: str) -> None:
-        """Run the stack's down-migration in a one-off container of the new release image
-        (only it knows how to undo its own migrations)."""
-        migration = self.stack.migration
-        assert migration is not None and migration.down_command
-        command = [
-            part.replace("{previous_version}", check_version(previous_version))
-            for part in migration.down_command
-        ]
-        argv = [*self.project.base_argv(), "run", "--rm", "--no-TTY", migration.service, *command]
-        self.project.runner(new_version, self.log).run(
-            argv, timeout=migration.timeout.total_seconds()
-        )
+        self.runtime.down_migrate(new_version, previous_version, self.log)
 
     def restore_databases(self, backup_id: str, run_id: str) -> list[str]:
         """Restore every PostgreSQL source from one backup; the writers must be stopped.
@@ -223,19 +190,6 @@ class ReleaseSwitch:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return lines
-
-
-def release_config_paths(stack: Stack, working_dir: Path) -> list[tuple[str, Path]]:
-    """Compose files, env file and the stack's listed config paths, by archive name."""
-    runtime = stack.runtime
-    assert isinstance(runtime, ComposeRuntime)
-    paths = [(f"compose/{name}", working_dir / name) for name in runtime.files]
-    if runtime.env_file:
-        paths.append((f"compose/{runtime.env_file}", working_dir / runtime.env_file))
-    for listed in stack.backup.sources.files:
-        path = Path(listed) if Path(listed).is_absolute() else working_dir / listed
-        paths.append((f"config/{listed.lstrip('/')}", path))
-    return paths
 
 
 def postgres_source_names(stack: Stack) -> list[str]:

@@ -8,9 +8,10 @@ the API instead of parsing CLI output.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from opsflow.runtimes.base import ContainerState
 
 DEFAULT_DOCKER_URL = "unix://var/run/docker.sock"
 
@@ -73,22 +74,6 @@ def tag_image(image_id: str, reference: str) -> None:
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    """One container of a Compose service as the engine reports it now."""
-
-    service: str
-    name: str
-    image_id: str
-    state: str  # created | running | restarting | exited | paused | dead
-    health: str | None  # healthy | unhealthy | starting, or None without a healthcheck
-    restarts: int
-
-    @property
-    def up(self) -> bool:
-        return self.state in ("running", "restarting")
 
 
 def project_containers(project: str) -> list[ContainerState]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from opsflow.errors import OpsflowError
+
 TAIL_LINES = 40
 # The cause line's bound: with "migrate of <stack> <version> failed: exited with 1 after
 # 2.6s: " in front, the whole line still fits an alert's 300 characters.
@@ -59,6 +61,39 @@ _KEY_VALUE = re.compile(
 )
 
 
+# Every process group a task started and has not seen end: ``on_kill`` ends them all.
+_STARTED: set[subprocess.Popen[Any]] = set()
+_STARTED_LOCK = threading.Lock()
+
+
+def track(child: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
+    """Remember a child started in its own session, for :func:`terminate_started`."""
+    with _STARTED_LOCK:
+        _STARTED.difference_update({p for p in _STARTED if p.poll() is not None})
+        _STARTED.add(child)
+    return child
+
+
+def terminate_started(grace: float = 20.0) -> int:
+    """End the process group of every tracked child still running (SIGTERM, then SIGKILL
+    after ``grace``); how many there were. A killed task must leave no ``docker compose``,
+    ``pg_dump`` or ``zstd`` behind."""
+    with _STARTED_LOCK:
+        running = [p for p in _STARTED if p.poll() is None]
+        _STARTED.clear()
+    for child in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in running:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+    return len(running)
+
+
 def is_error_line(line: str) -> bool:
     """Whether ``line`` states an error (``ERROR``, ``error:``, ``panic:``, an exception)."""
     return bool(_ERROR_LINE.match(line[:_SCAN_MAX_CHARS]))
@@ -94,7 +129,7 @@ def cause_line(lines: Iterable[str], first_error: str | None = None) -> str:
     return bounded(scrub_secrets(line[:_SCAN_MAX_CHARS]))
 
 
-class CommandFailed(RuntimeError):
+class CommandFailed(OpsflowError, RuntimeError):
     """A command exited non-zero or timed out; the message keeps its last output lines."""
 
     def __init__(self, result: CommandResult) -> None:
@@ -166,7 +201,7 @@ class ProcessRunner:
             errors="replace",
             start_new_session=True,
         ) as child:
-            self._child = child
+            self._child = track(child)
             pump = threading.Thread(target=self._pump, args=(child, tail, errors), daemon=True)
             pump.start()
             try:

@@ -1,0 +1,164 @@
+"""The runtime seam: what the workflows need from whatever runs a stack.
+
+Compose is one runtime (``runtimes/compose.py``); another is one new module that
+implements :class:`Runtime` and a :class:`RuntimeContext`, registered in
+``runtimes/registry.py``. Nothing outside ``runtimes/`` knows which
+runtime a stack uses: the workflows ask these questions and get plain answers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from opsflow.errors import OpsflowError
+
+if TYPE_CHECKING:
+    from opsflow.runtimes.process import LineLogger
+    from opsflow.stack.model import Stack
+
+FetchStep = Literal["build", "pull"]
+
+
+class RuntimeFailure(OpsflowError):
+    """A runtime cannot do what was asked (wrong kind, missing service, failed command)."""
+
+
+class RuntimeContext(Protocol):
+    """The part of a runtime that travels to the triggerer, as plain data, for the probes
+    only the runtime can answer (container health today, rollout status tomorrow)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    async def probe_service(self, service: str) -> tuple[bool, str]: ...
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """One container (or pod) of a service as the runtime reports it now."""
+
+    service: str
+    name: str
+    image_id: str
+    state: str  # created | running | restarting | exited | paused | dead
+    health: str | None  # healthy | unhealthy | starting, or None without a healthcheck
+    restarts: int
+
+    @property
+    def up(self) -> bool:
+        return self.state in ("running", "restarting")
+
+
+class Runtime(ABC):
+    """One stack on one runtime: its releases, what runs, its data and its probes.
+
+    Commands are argv lists; ``commands()`` returns exactly what an action would run, so a
+    dry run prints what a real run executes.
+    """
+
+    kind: str
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The runtime's own name for the stack (Compose project, namespace)."""
+
+    @property
+    @abstractmethod
+    def fetch_step(self) -> FetchStep:
+        """How a release's images are obtained: built here or pulled."""
+
+    @abstractmethod
+    def describe(self, step: str) -> str:
+        """One Markdown sentence saying what ``step`` does on this runtime (DAG docs)."""
+
+    # ------------------------------------------------------------------ release facts
+
+    @abstractmethod
+    def images(self, version: str) -> dict[str, str]:
+        """Image reference of every service for ``version``."""
+
+    @abstractmethod
+    def image_facts(self, references: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Id, digests and creation time of each image; ``None`` id when it is absent."""
+
+    @abstractmethod
+    def missing_build_inputs(self, version: str) -> list[str]:
+        """What a build of ``version`` would need and cannot find (empty: buildable)."""
+
+    @abstractmethod
+    def pullable(self, reference: str, log: LineLogger) -> bool:
+        """Whether a registry has ``reference`` (nothing is downloaded)."""
+
+    @abstractmethod
+    def config_paths(self) -> list[tuple[str, Path]]:
+        """The config files that make up a release, by archive name."""
+
+    @abstractmethod
+    def unhealthy_window(self, version: str, services: Sequence[str] | None = None) -> float:
+        """Seconds after which the runtime itself would call one of ``services`` (all
+        when ``None``) unhealthy; 0 when it has no verdict of its own."""
+
+    # ------------------------------------------------------------------ what runs now
+
+    @abstractmethod
+    def running(self) -> list[ContainerState]:
+        """Every long-running container of the stack, in any state."""
+
+    @abstractmethod
+    def context(self) -> RuntimeContext:
+        """What the triggerer's probes need to ask the runtime."""
+
+    # ------------------------------------------------------------------ actions
+
+    @abstractmethod
+    def commands(self, step: str, version: str, services: Sequence[str] = ()) -> list[list[str]]:
+        """The argv of ``step`` (fetch, migrate, start, stop, resume) for ``version``;
+        empty when the step has nothing to do (no migration declared)."""
+
+    @abstractmethod
+    def run_argv(
+        self, argv: Sequence[str], version: str, log: LineLogger, *, timeout: float | None = None
+    ) -> float:
+        """Run one command that :meth:`commands` produced; returns its seconds."""
+
+    @abstractmethod
+    def run(
+        self,
+        step: str,
+        version: str,
+        log: LineLogger,
+        *,
+        services: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> float:
+        """Run ``step``; returns its seconds. Raises on failure with the command's cause."""
+
+    @abstractmethod
+    def pin_images(self, images: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Make each service's image reference mean its recorded image id again
+        (``{service: {"image": ref, "id": id}}``); lines saying what changed."""
+
+    @abstractmethod
+    def down_migrate(self, new_version: str, previous_version: str, log: LineLogger) -> None:
+        """Run the stack's down-migration from the new release's image."""
+
+    # ------------------------------------------------------------------ data
+
+    @abstractmethod
+    def service_image(self, service: str, version: str) -> str | None:
+        """The image a service runs in ``version`` (scratch servers use it)."""
+
+    @abstractmethod
+    def data_dir(self, service: str, target: str, version: str) -> Path:
+        """Host path of the directory mounted at ``target`` in ``service``."""
+
+    @abstractmethod
+    def running_services(self, services: Sequence[str]) -> list[str]:
+        """Those of ``services`` that run now (a restore stops only those)."""
