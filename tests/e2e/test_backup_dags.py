@@ -26,17 +26,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import (
-    CuttingProxy,
-    DemoDeployment,
-    HttpCapture,
-    S3Server,
-    SmtpCapture,
-    alert_connections,
-    demo_pg,
-    service_unavailable,
-    table_digests,
-)
+from support.demo import DemoDeployment, demo_pg, table_digests
+from support.receivers import HttpCapture, SmtpCapture, alert_connections
+from support.s3 import CuttingProxy, S3Server
+from support.services import service_unavailable
 
 pytestmark = pytest.mark.e2e
 

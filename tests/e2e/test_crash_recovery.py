@@ -27,16 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from upgrade_support import Upgrades, upgrade_stack
 
-from conftest import (
-    AIRFLOW_CLI,
-    E2E_PROJECT,
-    DemoDeployment,
-    HttpCapture,
-    alert_connections,
-    free_port,
-)
+from support.demo import AIRFLOW_CLI, E2E_PROJECT, DemoDeployment
+from support.receivers import HttpCapture, alert_connections
+from support.services import free_port
+from support.upgrades import Upgrades, upgrade_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -32,17 +32,11 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import (
-    DEMO_DIR,
-    DEMO_POSTGRES_IMAGE,
-    DEMO_REDIS_IMAGE,
-    REPO_ROOT,
-    DemoDeployment,
-    free_port,
-    get_json,
-    service_unavailable,
-)
 from opsflow.runtimes.compose import compose_base_argv
+from support import REPO_ROOT
+from support.backup import DEMO_POSTGRES_IMAGE, DEMO_REDIS_IMAGE
+from support.demo import DEMO_DIR, DemoDeployment
+from support.services import free_port, get_json, service_unavailable
 
 pytestmark = pytest.mark.e2e
 

@@ -16,15 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import E2E_PROJECT as PROJECT
-from conftest import (
-    REPO_ROOT,
-    TEST_IMAGE_PREFIX,
-    DemoDeployment,
-    HttpCapture,
-    SmtpCapture,
-    alert_connections,
-)
+from support import REPO_ROOT
+from support.demo import E2E_PROJECT as PROJECT
+from support.demo import TEST_IMAGE_PREFIX, DemoDeployment
+from support.receivers import HttpCapture, SmtpCapture, alert_connections
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import E2E_PROJECT, REPO_ROOT, DemoDeployment
 from opsflow.runtimes.compose import compose_base_argv
+from support import REPO_ROOT
+from support.demo import E2E_PROJECT, DemoDeployment
 
 pytestmark = pytest.mark.e2e
 

@@ -22,16 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
-from upgrade_support import ENV_FILE, Upgrades, out_of, started, upgrade_stack
 
-from conftest import (
-    DemoDeployment,
-    HttpCapture,
-    SmtpCapture,
-    alert_connections,
-    demo_pg,
-    table_digests,
-)
+from support.demo import DemoDeployment, demo_pg, table_digests
+from support.receivers import HttpCapture, SmtpCapture, alert_connections
+from support.upgrades import ENV_FILE, Upgrades, out_of, started, upgrade_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -378,6 +372,32 @@ def test_upgrade_dry_run_checks_and_changes_nothing(upgrades: Upgrades) -> None:
     # Checks that were not run are listed as such, not as failures.
     summary = out[out.index("==== opsflow upgrade summary: demo 1.1.1 -> DRY-RUN ====") :]
     assert "FAIL" not in summary and "  ---- http GET http://127.0.0.1:" in summary
+
+
+def test_a_stack_file_edited_mid_run_does_not_change_the_run(upgrades: Upgrades) -> None:
+    # The run works from the stack file as its first task read it: a check added to the
+    # file while the upgrade runs (one that can never pass) does not reach its gate.
+    deployment = upgrades.deployment
+    upgrades.arrive_at("1.1.0")
+    original = upgrades.stack_file.read_text()
+    process = deployment.start_dags_test({"version": "1.1.1"}, dag_id="demo__upgrade")
+    try:
+        seen = _wait_for_line(process, "current release 1.1.0 (from the ledger)", timeout=600)
+        data = yaml.safe_load(original)
+        data["services"][0]["health"].append(
+            {"kind": "http", "url": "http://127.0.0.1:9/never", "expect_status": 200}
+        )
+        upgrades.stack_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        rest, _ = process.communicate(timeout=900)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        upgrades.stack_file.write_text(original)
+    out = "".join(seen) + rest
+
+    assert process.returncode == 0, out[-6000:]
+    assert "127.0.0.1:9/never" not in out
+    assert upgrades.serving("1.1.1") and upgrades.last("upgrade")["outcome"] == "succeeded"
 
 
 def test_a_release_that_does_not_exist_fails_before_any_backup(

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from conftest import HttpCapture, SmtpCapture, free_port
+from support.receivers import HttpCapture, SmtpCapture
+from support.services import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from conftest import S3Server, consistent_artifact, retar
 from opsflow.backup.buckets import dump_bucket, restore_bucket, verify_bucket
 from opsflow.backup.context import RunContext
 from opsflow.backup.manifest import SourceBackup
 from opsflow.stack.model import BucketSource
+from support.backup import consistent_artifact, retar
+from support.s3 import S3Server
 
 pytestmark = pytest.mark.integration
 LOG = logging.getLogger("test_backup_buckets")

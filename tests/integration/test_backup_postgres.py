@@ -23,26 +23,19 @@ from typing import Any
 
 import pytest
 
-from conftest import (
-    ListLog,
-    PostgresServer,
-    consistent_artifact,
-    flip_byte,
-    scratch_containers,
-    service_unavailable,
-)
-from opsflow.backup.context import Endpoint, RunContext
+from opsflow.backup.context import RunContext
 from opsflow.backup.manifest import BackupError, SourceBackup
-from opsflow.backup.postgres import (
-    check_client,
-    dump_postgres,
-    find_client,
-    fingerprint,
-    restore_postgres,
-    verify_postgres,
-)
+from opsflow.backup.postgres.client import check_client, find_client
+from opsflow.backup.postgres.dump import dump_postgres
+from opsflow.backup.postgres.fingerprint import fingerprint
+from opsflow.backup.postgres.restore import restore_postgres
+from opsflow.backup.postgres.verify import verify_postgres
 from opsflow.backup.stream import ArtifactCorrupt
+from opsflow.connections import Endpoint
 from opsflow.stack.model import PostgresSource
+from support.backup import ListLog, consistent_artifact, flip_byte, scratch_containers
+from support.servers import PostgresServer
+from support.services import service_unavailable
 
 pytestmark = pytest.mark.integration
 BACKUP_ID = "20260101T000000Z-0f0f0f"

@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 
-from conftest import ListLog, RedisServer, consistent_artifact, flip_byte, scratch_containers
-from opsflow.backup.context import Endpoint, RunContext
+from opsflow.backup.context import RunContext
 from opsflow.backup.manifest import BackupError, SourceBackup
 from opsflow.backup.redis import check_rdb, dump_redis, restore_redis, verify_redis
+from opsflow.connections import Endpoint
 from opsflow.stack.model import RedisSource
+from support.backup import ListLog, consistent_artifact, flip_byte, scratch_containers
+from support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 BACKUP_ID = "20260101T000000Z-abcdef"

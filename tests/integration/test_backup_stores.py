@@ -23,14 +23,6 @@ from typing import Any
 
 import pytest
 
-from conftest import (
-    CuttingProxy,
-    ListLog,
-    S3Server,
-    demo_manifest,
-    flip_byte,
-    service_unavailable,
-)
 from opsflow.backup.manifest import (
     MANIFEST_NAME,
     Artifact,
@@ -43,6 +35,9 @@ from opsflow.backup.manifest import (
 from opsflow.backup.retention import plan_retention
 from opsflow.backup.stores import LocalStore, S3Store, staging_dir
 from opsflow.backup.stream import ArtifactCorrupt, file_digest
+from support.backup import ListLog, demo_manifest, flip_byte
+from support.s3 import CuttingProxy, S3Server
+from support.services import service_unavailable
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from conftest import TEST_IMAGE_PREFIX, get_json, service_unavailable
 from opsflow.runtimes.compose import compose_base_argv
+from support.demo import TEST_IMAGE_PREFIX
+from support.services import get_json, service_unavailable
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from conftest import PostgresServer, RedisServer, SwitchableHealthServer, service_unavailable
-from opsflow.sensors.health import ComposeHealthSensor, compose_unhealthy_window
-from opsflow.stack.model import HealthCheck
-from opsflow.triggers.checks import CheckResult, ComposeContext, check_to_data, run_check
+from opsflow.health import CheckResult, HealthCheck, check_to_data, run_check
+from opsflow.runtimes.compose_probe import ComposeContext
+from opsflow.runtimes.compose_window import compose_unhealthy_window
+from opsflow.sensors.health import ServiceHealthSensor
 from opsflow.triggers.health import HealthGateTrigger
+from support.servers import PostgresServer, RedisServer, SwitchableHealthServer
+from support.services import service_unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -240,14 +242,14 @@ def test_gate_over_containers(compose_project: ComposeContext) -> None:
     good = [check(kind="container", service=s) for s in ("good", "plain")]
     event = run_gate(
         HealthGateTrigger(checks=[check_to_data(c) for c in good], consecutive=2, interval=0.2,
-                          timeout=30, compose=compose_project.to_dict())
+                          timeout=30, runtime=compose_project.to_dict())
     )  # fmt: skip
     assert (event["status"], event["rounds"]) == ("success", 2)
 
     bad = [check(kind="container", service=s) for s in ("good", "sick", "gone")]
     event = run_gate(
         HealthGateTrigger(checks=[check_to_data(c) for c in bad], consecutive=1, interval=0.2,
-                          timeout=1, compose=compose_project.to_dict())
+                          timeout=1, runtime=compose_project.to_dict())
     )  # fmt: skip
     assert event["status"] == "timeout"
     assert event["reason"] == "2 of 3 checks failing"
@@ -262,8 +264,8 @@ def test_sensor_raises_its_timeout_past_the_compose_window(compose_project: Comp
     )  # fmt: skip
     # slow: 300 + (1 + 3) * 4 = 316 s; the others are shorter.
     assert compose_unhealthy_window(json.loads(result.stdout)) == 316.0
-    sensor = ComposeHealthSensor(
-        task_id="web", service="good", compose=compose_project, timeout=20, interval=2
+    sensor = ServiceHealthSensor(
+        task_id="web", service="good", runtime=compose_project, timeout=20, interval=2
     )
     assert sensor.effective_timeout(compose_project) == 316.0 + 1 * 2 + 30
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import service_unavailable
 from opsflow.logs.containers import (
     ContainerLogs,
     ImagePrunePlan,
@@ -31,6 +30,7 @@ from opsflow.logs.containers import (
 from opsflow.releases.ledger import Ledger, LedgerEntry
 from opsflow.stack.loader import parse_stack
 from opsflow.stack.model import Stack
+from support.services import service_unavailable
 
 PROJECT = "opsflow-logtest"
 REPO = "opsflow-logtest/app"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import service_unavailable
+from support.services import service_unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.airflow.yml"

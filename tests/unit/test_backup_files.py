@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import consistent_artifact, flip_byte, retar
 from opsflow.backup.context import RunContext
 from opsflow.backup.files import dump_files, restore_files, verify_files
 from opsflow.backup.manifest import BackupError, SourceBackup
 from opsflow.backup.stream import ArtifactCorrupt
 from opsflow.stack.safety import ALLOWED_ROOTS_ENV
+from support.backup import consistent_artifact, flip_byte, retar
 
 LOG = logging.getLogger("test_backup_files")
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import demo_manifest
 from opsflow.backup.manifest import Artifact, Manifest, VerificationStatus, new_backup_id
 from opsflow.backup.retention import RetentionPlan, check_freshness, plan_retention
+from support.backup import demo_manifest
 
 NOW = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
 STATUS_TO_VERIFICATION: dict[str, VerificationStatus | None] = {

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from opsflow.runtimes.compose import ComposeProject, check_version, parse_ps
+from opsflow.runtimes.compose import ComposeProject, parse_ps
 from opsflow.runtimes.process import CommandFailed, ProcessRunner
 from opsflow.stack.loader import parse_stack
+from opsflow.stack.model import check_version
 
 STACK = {
     "name": "shop",

@@ -16,7 +16,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException
 
 from opsflow.notifiers.message import error_first_line
-from opsflow.operators.compose import ComposeStepOperator
+from opsflow.operators.runtime_step import RuntimeStepOperator
 from opsflow.operators.steps import StepRecord, first_line
 from opsflow.runtimes.compose import ComposeProject
 from opsflow.runtimes.process import CommandFailed, ProcessRunner, is_error_line
@@ -140,7 +140,7 @@ def test_other_lines_are_not_error_lines(line: str) -> None:
 
 
 def test_the_migrate_step_record_and_alert_carry_the_cause(tmp_path: Path) -> None:
-    """The compose step's exception: its first line becomes the record detail and the alert."""
+    """The runtime step's exception: its first line becomes the record detail and the alert."""
     stack = parse_stack(
         {
             "name": "shop",
@@ -150,7 +150,7 @@ def test_the_migrate_step_record_and_alert_carry_the_cause(tmp_path: Path) -> No
         },
         tmp_path / "shop.yaml",
     )
-    operator = ComposeStepOperator(
+    operator = RuntimeStepOperator(
         task_id="migrate", stack_name="shop", step="migrate", version="1.3.0"
     )
     record = StepRecord(step="migrate", version="1.3.0")

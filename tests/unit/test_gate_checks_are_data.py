@@ -19,8 +19,8 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from opsflow.factory.deploy import build_deploy_dag
 from opsflow.factory.upgrade import build_upgrade_dag
+from opsflow.health import check_from_data, check_to_data
 from opsflow.stack.loader import load_stack
-from opsflow.triggers.checks import check_from_data, check_to_data
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from conftest import HttpCapture, SmtpCapture, free_port
 from opsflow.notifiers import (
     AlertMessage,
     EmailAlert,
@@ -22,6 +21,8 @@ from opsflow.notifiers import (
 from opsflow.notifiers.alerts import safe_error
 from opsflow.notifiers.message import ERROR_MAX_CHARS, error_first_line
 from opsflow.stack.model import Stack
+from support.receivers import HttpCapture, SmtpCapture
+from support.services import free_port
 
 STARTED = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 LOG_URL = "http://airflow.test:8080/dags/demo__deploy/runs/manual__1/tasks/verify?try_number=2"

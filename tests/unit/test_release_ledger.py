@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from opsflow.paths import state_dir
 from opsflow.releases import ledger
 from opsflow.releases.ledger import (
     Ledger,
@@ -19,7 +20,6 @@ from opsflow.releases.ledger import (
     Release,
     current_and_previous,
     newest_distinct,
-    state_dir,
 )
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -10,21 +10,21 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
+from opsflow.health import TcpCheck, check_from_data
+from opsflow.runtimes.compose_probe import ComposeContext
+from opsflow.runtimes.compose_window import compose_unhealthy_window, parse_go_duration
 from opsflow.sensors.health import (
     DEFER_GRACE,
-    ComposeHealthSensor,
     GrpcHealthSensor,
     HealthGateSensor,
     HttpHealthSensor,
     PostgresReadySensor,
     RedisPingSensor,
+    ServiceHealthSensor,
     TcpPortSensor,
-    compose_unhealthy_window,
     format_gate_failure,
-    parse_go_duration,
 )
-from opsflow.stack.model import HealthGate, TcpCheck
-from opsflow.triggers.checks import ComposeContext, check_from_data
+from opsflow.stack.model import HealthGate
 from opsflow.triggers.health import HealthGateTrigger
 
 TCP = {"kind": "tcp", "port": 5432}
@@ -83,10 +83,10 @@ def test_unhealthy_window_uses_docker_defaults_and_the_slowest_service() -> None
         ({"checks": [TCP], "interval": "soon"}, "interval must be seconds, a timedelta or a "
                                                 "duration like 30s or 5m, got 'soon'"),
         ({"checks": [TCP], "timeout": 0}, "timeout must be > 0 seconds, got 0"),
-        ({"checks": [TCP], "compose": "shop"}, "compose must be a ComposeContext or a mapping"),
+        ({"checks": [TCP], "runtime": "shop"}, "runtime must be a runtime context or a mapping"),
         ({"checks": [{"kind": "container", "service": "web"}]},
-         "checks[0] (container web) is a container check and needs compose="),
-        ({"checks": [TCP], "compose": {"project": "shop"}}, "needs a working_dir, got None"),
+         "checks[0] (container web) is a container check and needs the stack's runtime"),
+        ({"checks": [TCP], "runtime": {"project": "shop"}}, "needs a working_dir, got None"),
     ],
 )  # fmt: skip
 def test_bad_arguments_name_the_bad_value(kwargs: dict[str, Any], message: str) -> None:
@@ -128,7 +128,7 @@ def test_execute_defers_to_the_gate_trigger() -> None:
     classpath, kwargs = trigger.serialize()
     assert classpath == "opsflow.triggers.health.HealthGateTrigger"
     assert (kwargs["consecutive"], kwargs["interval"], kwargs["timeout"]) == (4, 2.0, 90.0)
-    assert kwargs["compose"] is None
+    assert kwargs["runtime"] is None
     assert [check_from_data(c).kind for c in kwargs["checks"]] == ["tcp", "http"]
     assert kwargs["checks"][1]["timeout"] == 5.0
 
@@ -137,12 +137,12 @@ def test_unreadable_compose_config_keeps_the_timeout(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     compose = ComposeContext(project="opsflow-missing", working_dir=str(tmp_path / "nowhere"))
-    sensor = ComposeHealthSensor(task_id="web", service="web", compose=compose, timeout=40)
+    sensor = ServiceHealthSensor(task_id="web", service="web", runtime=compose, timeout=40)
     with caplog.at_level(logging.WARNING):
         deferred = deferral(sensor)
     _classpath, kwargs = deferred.trigger.serialize()
     assert kwargs["timeout"] == 40.0
-    assert kwargs["compose"] == compose.to_dict()
+    assert kwargs["runtime"] == compose.to_dict()
     assert "opsflow-missing" in caplog.text
 
 

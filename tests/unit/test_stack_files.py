@@ -14,18 +14,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from opsflow.health import ContainerCheck, GrpcCheck, HttpCheck, PostgresCheck, RedisCheck, TcpCheck
 from opsflow.stack.loader import load_stack, load_stack_file, parse_stack, stack_names
-from opsflow.stack.model import (
-    ComposeRuntime,
-    ContainerCheck,
-    GrpcCheck,
-    HttpCheck,
-    KubernetesRuntime,
-    PostgresCheck,
-    RedisCheck,
-    Stack,
-    TcpCheck,
-)
+from opsflow.stack.model import ComposeRuntime, KubernetesRuntime, Stack
 from opsflow.stack.safety import ALLOWED_ROOTS_ENV, DEFAULT_ALLOWED_ROOTS
 
 STACKS_DIR = Path(__file__).resolve().parents[2] / "include" / "stacks"

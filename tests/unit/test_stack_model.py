@@ -18,6 +18,8 @@ import pytest
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from opsflow.durations import parse_duration
+from opsflow.health import ContainerCheck, HttpCheck
 from opsflow.stack.loader import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -36,12 +38,9 @@ from opsflow.stack.loader import (
 from opsflow.stack.model import (
     VERSION_PATTERN,
     ComposeRuntime,
-    ContainerCheck,
-    HttpCheck,
     KubernetesRuntime,
     Stack,
     Version,
-    parse_duration,
 )
 
 BASE: dict[str, Any] = {

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
+from opsflow.addresses import literal_ip
 from opsflow.stack.loader import StackFileError, load_stack_file
 from opsflow.stack.safety import (
     ALLOWED_ROOTS_ENV,
     DEFAULT_ALLOWED_ROOTS,
     PathRefused,
     allowed_roots,
-    literal_ip,
     run_time_problem,
 )
 

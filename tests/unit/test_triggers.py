@@ -20,20 +20,24 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from conftest import GrpcHealthServer, SwitchableHealthServer, free_port, service_unavailable
-from opsflow.stack.model import GrpcCheck, HealthCheck, HttpCheck, PostgresCheck, TcpCheck
-from opsflow.triggers.checks import (
-    BODY_EXCERPT_LIMIT,
+from opsflow.health import (
     CheckResult,
-    ComposeContext,
+    GrpcCheck,
+    HealthCheck,
+    HttpCheck,
+    PostgresCheck,
+    TcpCheck,
     check_from_data,
     check_name,
     check_to_data,
-    parse_compose_ps,
     run_check,
-    scrub,
 )
+from opsflow.health.common import BODY_EXCERPT_LIMIT, scrub
+from opsflow.runtimes.compose_probe import ComposeContext
+from opsflow.runtimes.compose_probe import parse_ps as parse_compose_ps
 from opsflow.triggers.health import HealthGateTrigger
+from support.servers import GrpcHealthServer, SwitchableHealthServer
+from support.services import free_port, service_unavailable
 
 ADAPTER: TypeAdapter[HealthCheck] = TypeAdapter(HealthCheck)
 
@@ -234,8 +238,7 @@ def test_scrub_replaces_what_looks_like_a_secret(text: str, expected: str) -> No
 ISOLATED_PROBES = """
 import asyncio, json
 from datetime import timedelta
-from opsflow.stack.model import GrpcCheck, HttpCheck, TcpCheck
-from opsflow.triggers.checks import run_check
+from opsflow.health import GrpcCheck, HttpCheck, TcpCheck, run_check
 
 seconds = timedelta(seconds=2)
 checks = [
@@ -331,7 +334,7 @@ def test_missing_connection_is_a_failed_result(monkeypatch: pytest.MonkeyPatch) 
 
 def test_container_check_without_compose_is_a_failed_result() -> None:
     result = probe(check(kind="container", service="web"))
-    assert result == CheckResult("container web", False, "no compose project given for a "
+    assert result == CheckResult("container web", False, "no runtime given for a "
                                  "container check")  # fmt: skip
 
 
@@ -435,7 +438,7 @@ def test_serialize_round_trip() -> None:
         consecutive=3,
         interval=5.0,
         timeout=300.0,
-        compose=compose.to_dict(),
+        runtime=compose.to_dict(),
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "opsflow.triggers.health.HealthGateTrigger"
@@ -445,4 +448,4 @@ def test_serialize_round_trip() -> None:
     assert rebuilt.serialize() == (classpath, kwargs)
     assert kwargs["started_at"] == trigger.started_at
     assert [check_from_data(c) for c in kwargs["checks"]] == checks
-    assert ComposeContext.from_dict(kwargs["compose"]) == compose
+    assert ComposeContext.from_dict(kwargs["runtime"]) == compose

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from conftest import DEMO_DIR, DemoDeployment
+from support.demo import DEMO_DIR, DemoDeployment
 
 
 def out_of(result: subprocess.CompletedProcess[str]) -> str:
