@@ -56,20 +56,37 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchlib import (
+    GNU_TIME,
+    MB,
+    BenchError,
+    Check,
+    TimedLog,
+    TreeSampler,
+    finish,
+    free_port,
+    gnu_time_argv,
+    gnu_time_result,
+    ignore_signals,
+    kill_tree,
+    machine_line,
+    print_beside,
+    raise_on_signals,
+    run,
+    wait_port,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -85,7 +102,6 @@ SCRATCH_LABEL = "io.opsflow.scratch"
 OWNER_FILE = "bench-owner.pid"
 TMP_PREFIX = "opsflow-bench-backup-"
 PG_USER = "postgres"
-MB = 1 << 20
 
 FULL_SCALE = 70
 QUICK_SCALE = 4
@@ -127,10 +143,6 @@ RESTORE_SCRIPT = (
 )
 
 
-class BenchError(RuntimeError):
-    """The benchmark itself could not run (exit status 2)."""
-
-
 # ====================================================================== measuring
 
 
@@ -143,84 +155,6 @@ class Measured:
     stdout: str
     cpu_client: float | None = None  # user+sys of the contender's tree (GNU time)
     cpu_server: float | None = None  # the host cluster's processes meanwhile
-
-
-class TreeSampler(threading.Thread):
-    """Peak of the summed RSS of ``root``'s descendants (``root`` itself excluded: GNU time)."""
-
-    def __init__(self, root: int) -> None:
-        super().__init__(daemon=True)
-        self.root = root
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak = 0
-        self.at_peak: dict[str, int] = {}
-        self.seen: set[int] = set()
-        self.known: dict[int, tuple[str, int]] = {}  # pid -> (name, parent)
-        self.done = threading.Event()
-
-    @staticmethod
-    def _stat(pid: int) -> tuple[str, int] | None:
-        try:
-            raw = Path(f"/proc/{pid}/stat").read_bytes()
-        except OSError:
-            return None
-        head, _, rest = raw.rpartition(b")")
-        name = head.partition(b"(")[2].decode(errors="replace")
-        return name, int(rest.split()[1])
-
-    @staticmethod
-    def _statm(pid: int) -> str:
-        try:
-            return Path(f"/proc/{pid}/statm").read_text()
-        except OSError:
-            return ""
-
-    def sample(self) -> None:
-        # Parents and names are read once per pid (a /proc scan per sample would cost this
-        # process ~3 ms of CPU each time, taken from the contenders on a small machine).
-        alive = {int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit()}
-        for pid in alive - self.known.keys():
-            stat = self._stat(pid)
-            if stat is not None:
-                self.known[pid] = stat
-        for pid in self.known.keys() - alive:
-            del self.known[pid]
-        children: dict[int, list[tuple[int, str]]] = {}
-        for pid, (name, parent) in self.known.items():
-            children.setdefault(parent, []).append((pid, name))
-        total, names = 0, {}
-        stack = [(self.root, "")]
-        while stack:
-            parent, parent_name = stack.pop()
-            for pid, _ in children.get(parent, []):
-                # Re-read: a child first seen before its exec had its parent's name then.
-                name = (self._stat(pid) or self.known[pid])[0]
-                stack.append((pid, name))
-                self.seen.add(pid)
-                statm = self._statm(pid)
-                if not statm or name == parent_name:
-                    # Gone, or between (v)fork and exec: those pages are its parent's. No
-                    # contender runs a child of its own program without exec.
-                    continue
-                rss = int(statm.split()[1]) * self.page
-                total += rss
-                names[name] = names.get(name, 0) + rss
-        if total > self.peak:
-            self.peak, self.at_peak = total, names
-
-    def run(self) -> None:
-        while not self.done.wait(SAMPLE_EVERY):
-            self.sample()
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(timeout=5)
-
-
-def kill_tree(pids: set[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def server_cpu(data: Path | None) -> float | None:
@@ -265,14 +199,14 @@ def measure(
     with out_file.open("w+b") as out, log.open("ab") as err:
         started = time.perf_counter()
         child = subprocess.Popen(
-            ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *argv],
+            gnu_time_argv(argv, rss_file),
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             start_new_session=True,
         )
-        sampler = TreeSampler(child.pid)
+        sampler = TreeSampler(child.pid, SAMPLE_EVERY)
         sampler.start()
         try:
             code = child.wait()
@@ -289,10 +223,8 @@ def measure(
     if code != 0:
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise BenchError(f"{Path(argv[0]).name} exited with {code}:\n" + "\n".join(tail))
-    max_proc = cpu_client = cpu_server = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        rss, user, system = rss_file.read_text().split()[-3:]
-        max_proc, cpu_client = int(rss) / 1024.0, float(user) + float(system)
+    max_proc, cpu_client = gnu_time_result(rss_file) or (None, None)
+    cpu_server = None
     if server_before is not None:
         time.sleep(0.5)  # the postmaster reaps the contender's backends
         after = server_cpu(server)
@@ -320,24 +252,6 @@ def warm(paths: list[Path]) -> None:
 
 
 # ====================================================================== services
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"{what} did not start on 127.0.0.1:{port}") from None
-            time.sleep(0.1)
 
 
 @dataclass
@@ -427,16 +341,6 @@ class Cluster:
         return self.data / "base" / str(rows[0][0])
 
 
-def run(argv: list[str], timeout: float, env: Mapping[str, str] | None = None) -> str:
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise BenchError(f"{' '.join(argv[:3])}... exited with {done.returncode}: {done.stderr}")
-    return done.stdout
-
-
 @dataclass
 class Moto:
     log: Path
@@ -448,7 +352,7 @@ class Moto:
         return f"http://127.0.0.1:{self.port}"
 
     def connection(self) -> str:
-        """An Airflow AWS connection (``AIRFLOW_CONN_<ID>``) like tests/conftest.py's."""
+        """An Airflow AWS connection (``AIRFLOW_CONN_<ID>``) like tests/support/s3.py's."""
         return json.dumps(
             {
                 "conn_type": "aws",
@@ -530,10 +434,9 @@ class RawScratch:
     port: int = 0
 
     def start(self, database_bytes: int) -> None:
-        from opsflow.backup import postgres as pg
+        from opsflow.backup.postgres import verify as pg
 
-        sizing = getattr(pg, "_tmpfs_bytes", None)  # the same sizing as verify_postgres
-        tmpfs = sizing(database_bytes) if sizing else None
+        tmpfs = pg.tmpfs_bytes(database_bytes)  # the same sizing as verify_postgres
         argv = [
             "run", "-d", "--label", f"{SCRATCH_LABEL}={self.label}", "--shm-size", "256m",
             "-p", "127.0.0.1::5432", "-e", "POSTGRES_PASSWORD",
@@ -561,7 +464,7 @@ class RawScratch:
             time.sleep(0.2)
 
     def env(self) -> dict[str, str]:
-        from opsflow.backup import postgres as pg
+        from opsflow.backup.postgres import verify as pg
 
         return {
             "PGHOST": "127.0.0.1",
@@ -605,24 +508,6 @@ def sweep_stale(parent: Path) -> None:
 # ====================================================================== workers (child side)
 
 
-class FileLog:
-    """A LineLogger writing ``+seconds line`` to stderr (the contender's log file)."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.lines: list[tuple[float, str]] = []
-
-    def info(self, msg: Any, /, *args: Any) -> None:
-        line = str(msg) % args if args else str(msg)
-        now = time.perf_counter() - self.started
-        self.lines.append((now, line))
-        print(f"+{now:8.2f}s {line}", file=sys.stderr, flush=True)
-
-    def when(self, pattern: str) -> float | None:
-        found = [at for at, line in self.lines if re.search(pattern, line)]
-        return found[-1] if found else None
-
-
 def _vm_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -631,8 +516,8 @@ def _vm_rss_mb() -> float:
 
 
 def _stack_backups(spec: dict[str, Any]) -> Any:
-    from opsflow.backup.context import Endpoint
     from opsflow.backup.stack_backup import StackBackups
+    from opsflow.connections import Endpoint
     from opsflow.stack.model import Stack
 
     stack = Stack.model_validate(
@@ -676,7 +561,7 @@ def worker_backup(spec: dict[str, Any], started: float) -> dict[str, Any]:
     sb = _stack_backups(spec)
     imported = time.perf_counter()
     baseline = _vm_rss_mb()
-    log = FileLog()
+    log = TimedLog(sys.stderr)  # the contender's log file
     manifest = sb.take_backup(
         [SOURCE], spec["backup_id"], "manual", "bench-backup", log, verify=False
     )
@@ -708,7 +593,7 @@ def worker_verify(spec: dict[str, Any], started: float) -> dict[str, Any]:
     sb = _stack_backups(spec)
     imported = time.perf_counter()
     baseline = _vm_rss_mb()
-    log = FileLog()
+    log = TimedLog(sys.stderr)  # the contender's log file
     store = sb.primary_store()
     manifest = next(m for m in store.list_manifests(log) if m.backup_id == spec["backup_id"])
     artifact_dir = Path(store.root) / manifest.backup_id
@@ -749,15 +634,6 @@ class Row:
     output_mb: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     walls: list[float] = field(default_factory=list)
-
-
-@dataclass
-class Check:
-    label: str
-    where: str
-    value: str
-    target: str
-    ok: bool
 
 
 @dataclass
@@ -935,17 +811,10 @@ def generate(
 
 
 def machine_facts(cluster: Cluster, level: int) -> list[str]:
-    mem = Path("/proc/meminfo").read_text()
-    total = int(re.search(r"MemTotal:\s+(\d+)", mem).group(1)) / 1024 / 1024  # type: ignore[union-attr]
-    model = ""
-    with contextlib.suppress(OSError):
-        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        model = found.group(1).strip() if found else ""
     version = cluster.query("SELECT version()")[0][0]
     zstd = run(["zstd", "--version"], timeout=10).strip(" *\n")
     return [
-        f"CPUs: {os.cpu_count()} ({model}), RAM {total:.1f} GiB, "
-        f"load average at start {os.getloadavg()[0]:.2f}",
+        machine_line(),
         f"PostgreSQL: {version}",
         f"opsflow: zstd level {level} with -T0 ({zstd}); S3 = moto_server on 127.0.0.1, SSE AES256",
     ]
@@ -1018,10 +887,14 @@ def report(bench: Bench, quick: bool) -> list[Check]:
             f"{one:>7}{out:>7}  "
         )
         found = checks.get(index) or [Check("baseline", "", "", "", True)]
-        for number, check in enumerate(found):
-            verdict = "" if check.label == "baseline" else ("PASS" if check.ok else "FAIL")
-            prefix = head if number == 0 else " " * len(head)
-            print(f"{prefix}{check.label:<21}{check.value:>13}  {check.target:<12}{verdict}")
+        print_beside(
+            head,
+            (
+                f"{check.label:<21}{check.value:>13}  {check.target:<12}"
+                + ("" if check.label == "baseline" else ("PASS" if check.ok else "FAIL"))
+                for check in found
+            ),
+        )
     print()
     print("details:")
     for row in rows:
@@ -1099,7 +972,7 @@ def main() -> int:
 
     level = args.level or Backup().compression_level
     scale = args.scale or (QUICK_SCALE if args.quick else FULL_SCALE)
-    for tool in ("/usr/bin/time", str(PG_BIN / "initdb"), str(PG_BIN / "pgbench")):
+    for tool in (str(GNU_TIME), str(PG_BIN / "initdb"), str(PG_BIN / "pgbench")):
         if not Path(tool).exists():
             print(f"{tool} is missing: run make setup", file=sys.stderr)
             return 2
@@ -1113,12 +986,7 @@ def main() -> int:
     repeat = max(1, args.repeat or (1 if args.quick else 3))
     bench = Bench(base, cluster, moto, level)
 
-    def interrupted(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # SIGINT too: a shell starts background jobs with it ignored, which Python inherits.
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, interrupted)
+    raise_on_signals()
     started = time.perf_counter()
     checks: list[Check] = []
     try:
@@ -1157,8 +1025,7 @@ def main() -> int:
         print("interrupted: cleaning up", file=sys.stderr)
         return 130
     finally:
-        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(number, signal.SIG_IGN)  # cleanup runs to the end
+        ignore_signals()  # cleanup runs to the end
         if bench.scratch is not None:
             bench.scratch.remove()
         for label in bench.labels:
@@ -1174,14 +1041,7 @@ def main() -> int:
         "host cluster meanwhile (- = a scratch container's, not counted). opsflow rows "
         "include interpreter start and imports."
     )
-    print()
-    for check in checks:
-        verdict = "PASS" if check.ok else "FAIL"
-        print(f"{verdict}  {check.where} {check.label}: {check.value} ({check.target})")
-    print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
-    if args.quick:
-        return 0
-    return 0 if all(check.ok for check in checks) else 1
+    return finish(checks, started, enforce=not args.quick)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchlib import (
+    GNU_TIME,
+    BenchError,
+    Check,
+    finish,
+    gnu_time_argv,
+    gnu_time_result,
+    machine_line,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 DAY = 86400.0
 TIME_RATIO = 1.5
@@ -104,23 +114,21 @@ def remaining_files(root: Path) -> set[str]:
 def measure(argv: list[str], scratch: Path) -> tuple[float, float, str, str]:
     """Run ``argv``; return (wall seconds, peak RSS in MB, how RSS was measured, stdout).
 
-    ``ru_maxrss`` of a child started from this process would include this process's own
-    peak (Linux carries the pre-exec high-water mark over ``exec``), so GNU time, a small C
-    program, starts the child and reports its ``ru_maxrss``. Without GNU time the child's
-    ``VmHWM`` is sampled from ``/proc`` every 2 ms (a lower bound, marked "sampled").
+    GNU time reports the child's own ``ru_maxrss`` (see :func:`benchlib.gnu_time_argv`).
+    Without GNU time the child's ``VmHWM`` is sampled from ``/proc`` every 2 ms (a lower
+    bound, marked "sampled").
     """
-    gnu_time = Path("/usr/bin/time")
-    if gnu_time.exists():
+    if GNU_TIME.exists():
         rss_file = scratch / "rss"
         started = time.perf_counter()
         done = subprocess.run(
-            [str(gnu_time), "-f", "%M", "-o", str(rss_file), *argv],
-            stdout=subprocess.PIPE,
-            text=True,
-            check=True,
+            gnu_time_argv(argv, rss_file), stdout=subprocess.PIPE, text=True, check=True
         )
         wall = time.perf_counter() - started
-        return wall, int(rss_file.read_text().split()[-1]) / 1024.0, "GNU time", done.stdout
+        timed = gnu_time_result(rss_file)
+        if timed is None:
+            raise BenchError(f"GNU time wrote no result to {rss_file}")
+        return wall, timed[0], "GNU time", done.stdout
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         child = subprocess.Popen(argv, stdout=out, text=True)
@@ -254,6 +262,7 @@ def main() -> int:
         print("find is needed", file=sys.stderr)
         return 2
     base = Path(tempfile.mkdtemp(prefix="opsflow-bench-logs-", dir=args.dir))
+    print(machine_line(), flush=True)
     started = time.perf_counter()
     try:
         # Everything is built before anything is deleted: deletions (and the discards some
@@ -284,26 +293,28 @@ def main() -> int:
         )
 
     ops = [r for r in runs if r.tool == "opsflow"]
-    checks: list[tuple[str, bool]] = []
+    checks: list[Check] = []
     for r in ops:
         if r.files in find_wall:
             ratio = r.wall / find_wall[r.files]
-            text = f"within {TIME_RATIO}x of find at {r.files:,} files ({ratio:.2f}x)"
-            checks.append((text, ratio <= TIME_RATIO))
+            where = f"opsflow at {r.files:,} files"
+            target = f"<= {TIME_RATIO}x"
+            checks.append(
+                Check("wall vs find", where, f"{ratio:.2f}x", target, ratio <= TIME_RATIO)
+            )
     small, doubled = ops
     limit = max(small.rss_mb * (1 + RSS_GROWTH), small.rss_mb + RSS_SLACK_MB)
     checks.append(
-        (
-            f"memory flat: {doubled.rss_mb:.1f} MB at {doubled.files:,} files vs "
-            f"{small.rss_mb:.1f} MB at {small.files:,} (limit {limit:.1f} MB)",
+        Check(
+            "memory flat",
+            f"opsflow at {doubled.files:,} files",
+            f"{doubled.rss_mb:.1f} MB",
+            f"<= {limit:.1f} MB: {small.rss_mb:.1f} MB at {small.files:,} + "
+            f"{RSS_GROWTH:.0%} or {RSS_SLACK_MB:g} MB",
             doubled.rss_mb <= limit,
         )
     )
-    print()
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {text}")
-    print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
-    return 0 if all(ok for _, ok in checks) else 1
+    return finish(checks, started, enforce=True)
 
 
 if __name__ == "__main__":

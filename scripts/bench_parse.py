@@ -46,6 +46,8 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
+from benchlib import BenchError
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_STACK = REPO / "include" / "stacks" / "demo.yaml"
 DEMO_DAG_FILE = REPO / "dags" / "demo.py"
@@ -183,10 +185,6 @@ def run_checked(argv: list[str], env: Mapping[str, str], what: str, timeout: flo
         tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
         raise BenchError(f"{what} exited {proc.returncode}:\n{tail}")
     return proc.stdout
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not measure (as opposed to a file failing the target)."""
 
 
 # --------------------------------------------------------------------------------------

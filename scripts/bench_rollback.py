@@ -46,22 +46,33 @@ import logging
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
+
+from benchlib import (
+    BenchError,
+    Check,
+    TimedLog,
+    finish,
+    free_port,
+    ignore_signals,
+    machine_line,
+    print_beside,
+    raise_on_signals,
+    run,
+)
 
 if TYPE_CHECKING:
+    from opsflow.health import HealthCheck
     from opsflow.releases.switch import ReleaseSwitch, Snapshot
     from opsflow.runtimes.compose import ComposeProject
-    from opsflow.stack.model import HealthCheck, Stack
-    from opsflow.triggers.checks import ComposeContext
+    from opsflow.runtimes.compose_probe import ComposeContext
+    from opsflow.stack.model import Stack
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "include" / "demo"
@@ -103,43 +114,7 @@ FROM generate_series(%(first)s::bigint, %(last)s::bigint) g
 """
 
 
-class BenchError(RuntimeError):
-    """The benchmark itself could not run, or a result was wrong (exit status 2)."""
-
-
 # ====================================================================== small helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def run(argv: list[str], timeout: float) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"{' '.join(argv[:3])}... exited with {done.returncode}: {done.stderr}")
-    return done.stdout
-
-
-class FileLog:
-    """The LineLogger the release switch and the compose runner write to: ``+s line``."""
-
-    def __init__(self, path: Path) -> None:
-        self.started = time.perf_counter()
-        self.handle: IO[str] = path.open("a", encoding="utf-8")
-        self.tail: list[str] = []
-
-    def info(self, msg: Any, /, *args: Any) -> None:
-        line = str(msg) % args if args else str(msg)
-        text = f"+{time.perf_counter() - self.started:8.2f}s {line}"
-        self.handle.write(text + "\n")
-        self.handle.flush()
-        self.tail = [*self.tail[-39:], text]
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 @contextlib.contextmanager
@@ -301,7 +276,7 @@ async def _gate(
     timeout: float,
 ) -> GateResult:
     """The gate trigger's loop: all checks at once per round, ``consecutive`` green rounds."""
-    from opsflow.triggers.checks import run_check
+    from opsflow.health import run_check
 
     started = time.perf_counter()
     rounds = streak = 0
@@ -337,30 +312,18 @@ class Run:
     walls: list[float] = field(default_factory=list)
 
 
-@dataclass
-class Check:
-    where: str
-    label: str
-    value: str
-    target: str
-    ok: bool
-
-
 class Bench:
-    def __init__(self, layout: Layout, log: FileLog) -> None:
+    def __init__(self, layout: Layout, log: TimedLog) -> None:
         from opsflow.releases.switch import ReleaseSwitch
         from opsflow.runtimes.compose import ComposeProject
         from opsflow.stack.loader import load_stack
-        from opsflow.triggers.checks import ComposeContext
 
         self.layout = layout
         self.log = log
         self.stack: Stack = load_stack(STACK, layout.stacks)
         self.project: ComposeProject = ComposeProject.for_stack(self.stack, layout.stacks)
         self.switch: ReleaseSwitch = ReleaseSwitch(self.stack, log, layout.stacks)
-        self.compose: ComposeContext = ComposeContext.from_runtime(
-            self.project.runtime, self.project.working_dir
-        )
+        self.compose: ComposeContext = self.project.context()
         self.snapshot: Snapshot | None = None
         self.backup_id = ""
         self.db_mb = 0.0
@@ -498,8 +461,7 @@ class Bench:
 
     def failed_state(self) -> None:
         """The never-ready release up, live and not ready: what a failed gate leaves."""
-        from opsflow.stack.model import ContainerCheck, HttpCheck
-        from opsflow.triggers.checks import run_check
+        from opsflow.health import ContainerCheck, HttpCheck, run_check
 
         self.compose_run(BROKEN, self.project.up_argv(), 600)
         ready = [c for c in self.stack.checks if isinstance(c, HttpCheck)]
@@ -595,15 +557,15 @@ class Bench:
         checks = {
             NO_DATA: [
                 Check(
-                    NO_DATA,
                     "vs floor",
+                    NO_DATA,
                     f"{ratio:.2f}x",
                     f"<= {NO_DATA_VS_FLOOR:g}x",
                     ratio <= NO_DATA_VS_FLOOR,
                 ),
                 Check(
-                    NO_DATA,
                     "wall",
+                    NO_DATA,
                     f"{no_data.wall:.2f} s",
                     f"< {NO_DATA_LIMIT_S:g} s",
                     no_data.wall < NO_DATA_LIMIT_S,
@@ -611,8 +573,8 @@ class Bench:
             ],
             WITH_DATA: [
                 Check(
-                    WITH_DATA,
                     "wall",
+                    WITH_DATA,
                     f"{with_data.wall:.2f} s",
                     f"< {WITH_DATA_LIMIT_S:g} s",
                     with_data.wall < WITH_DATA_LIMIT_S,
@@ -634,10 +596,14 @@ class Bench:
             if not found:
                 print(f"{head}(floor)")
                 continue
-            for number, check in enumerate(found):
-                prefix = head if number == 0 else " " * len(head)
-                verdict = "PASS" if check.ok else "FAIL"
-                print(f"{prefix}{check.label:<10}{check.value:>9}  {check.target:<9}{verdict}")
+            print_beside(
+                head,
+                (
+                    f"{check.label:<10}{check.value:>9}  {check.target:<9}"
+                    + ("PASS" if check.ok else "FAIL")
+                    for check in found
+                ),
+            )
         print()
         print("where the time goes (fastest run of each; s):")
         for run_ in (floor, no_data, with_data):
@@ -656,14 +622,10 @@ class Bench:
 
 
 def machine_facts() -> list[str]:
-    mem = Path("/proc/meminfo").read_text()
-    found = re.search(r"MemTotal:\s+(\d+)", mem)
-    total = int(found.group(1)) / 1024 / 1024 if found else 0.0
     engine = run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=60).strip()
     compose = run(["docker", "compose", "version", "--short"], timeout=60).strip()
     return [
-        f"CPUs: {os.cpu_count()}, RAM {total:.1f} GiB, load average at start "
-        f"{os.getloadavg()[0]:.2f}",
+        machine_line(),
         f"Docker Engine {engine}, Compose {compose}; project {PROJECT}; gate: every check of "
         f"the stack file, {GATE['consecutive']} green rounds {GATE['interval']} apart",
     ]
@@ -692,17 +654,12 @@ def main() -> int:
         print("docker is missing: run make setup", file=sys.stderr)
         return 2
 
-    def interrupted(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # SIGINT too: a shell starts background jobs with it ignored, which Python inherits.
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, interrupted)
+    raise_on_signals()
     started = time.perf_counter()
     checks: list[Check] = []
     base: Path | None = None
     bench: Bench | None = None
-    log: FileLog | None = None
+    log: TimedLog | None = None
     try:
         with single_run():
             parent = Path(args.dir or tempfile.gettempdir())
@@ -720,7 +677,7 @@ def main() -> int:
             sys.path.insert(0, str(REPO / "plugins"))
             # The ledger logs each entry it writes; the run log has what matters here.
             logging.getLogger("opsflow").setLevel(logging.WARNING)
-            log = FileLog(layout.log_path)
+            log = TimedLog(layout.log_path.open("a", encoding="utf-8"))
             bench = Bench(layout, log)
             print("\n".join(machine_facts()), flush=True)
             print(f"setup: {OLD} with a {target_mb:g} MB database, then {BROKEN}", flush=True)
@@ -738,12 +695,11 @@ def main() -> int:
         return 130
     except Exception as exc:  # every failure here means the benchmark could not run
         print(f"benchmark could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if log is not None and log.tail:
-            print("last lines of the run log:\n" + "\n".join(log.tail[-25:]), file=sys.stderr)
+        if log is not None and log.lines:
+            print("last lines of the run log:\n" + "\n".join(log.tail(25)), file=sys.stderr)
         return 2
     finally:
-        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(number, signal.SIG_IGN)  # cleanup runs to the end
+        ignore_signals()  # cleanup runs to the end
         if bench is not None:
             with contextlib.suppress(Exception):
                 bench.down()
@@ -756,14 +712,7 @@ def main() -> int:
         "gate (every check of the stack file green in 2 rounds in a row, 1 s apart); "
         "opsflow's calls run in this process, modules imported beforehand."
     )
-    print()
-    for check in checks:
-        verdict = "PASS" if check.ok else "FAIL"
-        print(f"{verdict}  {check.where} {check.label}: {check.value} ({check.target})")
-    print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
-    if args.quick:
-        return 0
-    return 0 if all(check.ok for check in checks) else 1
+    return finish(checks, started, enforce=not args.quick)
 
 
 if __name__ == "__main__":
