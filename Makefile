@@ -21,11 +21,12 @@ lint: setup
 	.venv/bin/ruff format --check plugins dags tests
 	.venv/bin/mypy
 
-# Two workers (see tests/conftest.py for how tests are grouped); PYTEST_WORKERS=0 runs
-# everything in this process, in order.
+# Two workers, a test module at a time each: the waits are on Docker, PostgreSQL and
+# Airflow subprocesses, so two overlap on two cores. Each worker deploys its own demo copy
+# (tests/support/demo.py). PYTEST_WORKERS=0 runs everything in this process, in order.
 PYTEST_WORKERS ?= 2
 test: setup lint
-	CI=$${CI:-} .venv/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	CI=$${CI:-} .venv/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 unit: setup
 	.venv/bin/pytest tests/unit tests/dags -m "not integration and not e2e" $(PYTEST_ARGS)

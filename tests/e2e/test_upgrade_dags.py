@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support.demo import DemoDeployment, demo_pg, table_digests
+from support.demo import E2E_PROJECT, DemoDeployment, demo_pg, table_digests
 from support.receivers import HttpCapture, SmtpCapture, alert_connections
 from support.upgrades import ENV_FILE, Upgrades, out_of, started, upgrade_stack
 
@@ -207,7 +207,7 @@ def test_killed_task_process_during_start_converges_after_clear_and_rerun(
         {"version": "1.1.1"}, dag_id="demo__upgrade", logical_date=logical_date
     )
     try:
-        _wait_for_line(process, "Step start of opsflow-e2e 1.1.1", timeout=600)
+        _wait_for_line(process, f"Step start of {E2E_PROJECT} 1.1.1", timeout=600)
         time.sleep(0.5)  # compose is recreating the containers now
     finally:
         os.killpg(process.pid, signal.SIGKILL)
@@ -249,7 +249,7 @@ def test_two_upgrade_triggers_never_run_at_the_same_time(upgrades: Upgrades) -> 
         first = deployment.start_dags_test({"version": "1.1.0"}, dag_id="demo__upgrade")
         second: subprocess.Popen[str] | None = None
         try:
-            first_seen = _wait_for_line(first, "Step start of opsflow-e2e 1.1.0", timeout=600)
+            first_seen = _wait_for_line(first, f"Step start of {E2E_PROJECT} 1.1.0", timeout=600)
             gate.held = True
             threading.Thread(
                 target=lambda: first_rest.extend(first.stdout or []), daemon=True
@@ -334,7 +334,7 @@ def test_health_that_flaps_during_the_gate_never_passes_it(
             dag_id="demo__upgrade",
         )
         try:
-            seen = _wait_for_line(process, "Step start of opsflow-e2e 1.1.1", timeout=600)
+            seen = _wait_for_line(process, f"Step start of {E2E_PROJECT} 1.1.1", timeout=600)
             flaky.flapping = True
             seen += _wait_for_line(process, "rolling back 1.1.1 -> 1.1.0", timeout=600)
             flaky.flapping = False
@@ -417,7 +417,7 @@ def test_a_release_that_does_not_exist_fails_before_any_backup(
     assert entry["backup_id"] is None and sorted(p.name for p in upgrades.backups.iterdir()) == (
         backups
     )
-    assert out.count("Step fetch of opsflow-e2e 9.9.9") == 1  # a failed build is not retried
+    assert out.count(f"Step fetch of {E2E_PROJECT} 9.9.9") == 1  # a failed build is not retried
     alert = _alert(http_receiver)
     assert "upgrade demo 1.1.0 -> 9.9.9 failed at build with " in alert["error"]
     assert "release '9.9.9' does not exist" in alert["error"]

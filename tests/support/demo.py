@@ -18,10 +18,14 @@ from opsflow.runtimes.compose import compose_base_argv
 from support import REPO_ROOT
 from support.services import free_port, get_json
 
-E2E_PROJECT = "opsflow-e2e"
+# Each pytest worker (make test runs two) deploys its own copy of the demo: its own
+# Compose project, ports, Airflow home, state dir and image names, so e2e modules on two
+# workers never touch each other's containers or retag each other's images.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+E2E_PROJECT = f"opsflow-e2e-{WORKER}" if WORKER else "opsflow-e2e"
 # Tests build and run the demo's images under their own names: a test run must never
 # rebuild or retag an image a running `make demo` (prefix opsflow-demo) uses.
-TEST_IMAGE_PREFIX = "opsflow-test"
+TEST_IMAGE_PREFIX = f"opsflow-test-{WORKER}" if WORKER else "opsflow-test"
 DEMO_DIR = REPO_ROOT / "include" / "demo"
 AIRFLOW_CLI = REPO_ROOT / "scripts" / "airflow"
 
