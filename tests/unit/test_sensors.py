@@ -133,6 +133,22 @@ def test_execute_defers_to_the_gate_trigger() -> None:
     assert kwargs["checks"][1]["timeout"] == 5.0
 
 
+def test_a_gate_over_a_healthy_stack_ends_in_the_worker_without_deferring(
+    tcp_listener: int,
+) -> None:
+    """Rounds run in the worker first: a stack already healthy needs no triggerer trip."""
+    sensor = HealthGateSensor(
+        task_id="gate",
+        checks=[TcpCheck(kind="tcp", port=tcp_listener)],
+        consecutive=3,
+        interval=timedelta(seconds=0.1),
+        timeout=60,
+    )
+    summary = sensor.execute({})  # type: ignore[arg-type]  # raises TaskDeferred if it defers
+    assert (summary["status"], summary["rounds"]) == ("success", 3)
+    assert summary["checks"][0]["ok"] is True
+
+
 def test_unreadable_compose_config_keeps_the_timeout(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
