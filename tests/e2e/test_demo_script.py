@@ -35,7 +35,7 @@ import yaml
 from opsflow.runtimes.compose import compose_base_argv
 from support import REPO_ROOT
 from support.backup import DEMO_POSTGRES_IMAGE, DEMO_REDIS_IMAGE
-from support.demo import DEMO_DIR, DemoDeployment
+from support.demo import DEMO_DIR, DemoDeployment, without_demo_settings
 from support.services import free_port, get_json, service_unavailable
 
 pytestmark = pytest.mark.e2e
@@ -83,12 +83,6 @@ def stack_images(stack_file: Path) -> set[str]:
 
 def demo_argv(project: str) -> list[str]:
     return compose_base_argv(project, DEMO_DIR, ["docker-compose.yml"], ".env")
-
-
-def without_demo_settings(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
-    """The caller's environment without anything that points Airflow or the demo elsewhere."""
-    prefixes = ("AIRFLOW", "OPSFLOW_", "DEMO_")
-    return {key: value for key, value in environ.items() if not key.startswith(prefixes)}
 
 
 @dataclass(frozen=True)

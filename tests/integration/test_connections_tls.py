@@ -165,7 +165,7 @@ def pg_tls_port(pki: Pki) -> Iterator[int]:
 
     own(root)
     own(_write(root / "pwfile", f"{PASSWORD}\n".encode()))
-    data, sockets = root / "data", own(root / "sock")
+    data, sockets = root / "data", root / "sock"
     sockets.mkdir()
     own(sockets)
     subprocess.run(
@@ -315,7 +315,7 @@ def shop_database(pg_tls_port: int, pki: Pki) -> str:
 
 
 def test_the_postgres_probe_uses_the_connections_certificates(
-    pg_tls_port: int, pki: Pki, monkeypatch: pytest.MonkeyPatch
+    pg_tls_port: int, pki: Pki, shop_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conn_id = define(monkeypatch, "tls_pg", pg_connection(pg_tls_port, pki))
     result = probe(PostgresCheck(kind="postgres", conn_id=conn_id))

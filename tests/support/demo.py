@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,12 @@ def _demo_passwords() -> dict[str, str]:
     return values
 
 
+def without_demo_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment without anything that points Airflow or the demo elsewhere."""
+    prefixes = ("AIRFLOW", "OPSFLOW_", "DEMO_")
+    return {key: value for key, value in environ.items() if not key.startswith(prefixes)}
+
+
 def prefixed_image(demo_ref: str, prefix: str = TEST_IMAGE_PREFIX) -> str:
     """``opsflow-demo/api`` -> ``opsflow-test/api``: a demo image name under a test's prefix."""
     repository, sep, rest = demo_ref.partition("/")
@@ -183,7 +189,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDeploym
     _stack_file(ports["api"], stacks / "demo.yaml")
     passwords = _demo_passwords()
     env = {
-        **os.environ,
+        # Another module's fixture may have pointed this process's Airflow elsewhere
+        # (support.airflow_home sets AIRFLOW_HOME and the database for its session).
+        **without_demo_settings(os.environ),
         "OPSFLOW_AIRFLOW_HOME": str(home),
         "OPSFLOW_STACKS_DIR": str(stacks),
         "OPSFLOW_STATE_DIR": str(root / "state"),
@@ -215,7 +223,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDeploym
             }
         ),
     }
-    env.pop("AIRFLOW_HOME", None)
     migrate = subprocess.run(
         [str(AIRFLOW_CLI), "db", "migrate"], env=env, capture_output=True, text=True, check=False
     )

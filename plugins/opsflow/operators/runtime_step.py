@@ -85,15 +85,15 @@ class RuntimeStepOperator(StepOperator):
         return None
 
     def _run(self, runtime: Runtime, argv: list[str] | None, record: StepRecord) -> None:
+        env = " ".join(f"{k}={v}" for k, v in runtime.env(record.version).items())
         if argv is None:
             record.detail = "the stack declares no migration"
             self.log.info("Nothing to do: %s", record.detail)
             return
         if record.dry_run:
-            self.log.info("DRY RUN - would run (release %s):\n  %s", record.version,
-                          shlex.join(argv))  # fmt: skip
+            self.log.info("DRY RUN - would run (with %s):\n  %s", env, shlex.join(argv))
             return
-        self.log.info("Step %s of %s %s", self.step, runtime.name, record.version)
+        self.log.info("Step %s of %s %s (with %s)", self.step, runtime.name, record.version, env)
         try:
             timeout = self._timeout(runtime)
             seconds = runtime.run_argv(argv, record.version, self.log, timeout=timeout)

@@ -123,6 +123,10 @@ class Runtime(ABC):
         empty when the step has nothing to do (no migration declared)."""
 
     @abstractmethod
+    def env(self, version: str) -> dict[str, str]:
+        """The variables the commands of ``version`` run with (logs and dry runs show them)."""
+
+    @abstractmethod
     def run_argv(
         self, argv: Sequence[str], version: str, log: LineLogger, *, timeout: float | None = None
     ) -> float:
