@@ -46,11 +46,14 @@ class LongCommandStep(StepOperator):
         self.outcome: BaseException | None = None
 
     def run(self, record: StepRecord, context: Any) -> Any:
+        ProcessRunner(log=self.log_lines).run([sys.executable, "-c", PARENT_AND_CHILD])
+
+    def run_in_thread(self) -> None:
+        """What the task's ``execute`` would do; the outcome is kept for the test to judge."""
         try:
-            ProcessRunner(log=self.log_lines).run([sys.executable, "-c", PARENT_AND_CHILD])
+            self.run(StepRecord(step=self.task_id), {})
         except BaseException as error:
             self.outcome = error
-            raise
 
 
 def alive(pid: int) -> bool:
@@ -74,7 +77,7 @@ def wait_until(condition: Any, timeout: float) -> bool:
 def test_on_kill_ends_the_command_and_the_children_it_started() -> None:
     lines = Lines()
     step = LongCommandStep(log_lines=lines, task_id="rollback")
-    worker = threading.Thread(target=lambda: step.run(StepRecord(step="rollback"), {}))
+    worker = threading.Thread(target=step.run_in_thread)
     worker.start()
     try:
         assert wait_until(lambda: any(x.strip().startswith("child ") for x in lines.lines), 20)
