@@ -1,6 +1,6 @@
 """End to end: ``demo__deploy`` run by Airflow (``airflow dags test``) against the real engine.
 
-The demo stack runs here as its own Compose project (``opsflow-e2e``) on free ports, so a
+The demo stack runs here as its own Compose project (``opsflow-e2e-gw<N>``) on free ports, so a
 ``make demo`` stack on the same machine is never touched. Alerts go to a real SMTP server
 and a real HTTP receiver.
 """
