@@ -6,11 +6,9 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,10 @@ from pydantic import TypeAdapter
 from opsflow.health import CheckResult, HealthCheck, check_to_data, run_check
 from opsflow.runtimes.compose_probe import ComposeContext
 from opsflow.runtimes.compose_window import compose_unhealthy_window
-from opsflow.sensors.health import ServiceHealthSensor
+from opsflow.sensors.health import DEFAULT_TIMEOUT_MARGIN, ServiceHealthSensor
 from opsflow.triggers.health import HealthGateTrigger
+from support.containers import compose_sandbox
 from support.servers import PostgresServer, RedisServer, SwitchableHealthServer
-from support.services import service_unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -138,55 +136,12 @@ services:
 """
 
 
-def test_image() -> str:
-    """``debian:bookworm-slim`` if present, else a busybox image built here from scratch."""
-    if (
-        shutil.which("docker") is None
-        or subprocess.run(["docker", "info"], capture_output=True, check=False).returncode
-    ):
-        service_unavailable("Docker Engine is not reachable")
-    image = "debian:bookworm-slim"
-    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0:
-        return image
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        service_unavailable("neither debian:bookworm-slim nor busybox-static is available")
-    assert busybox
-    image = "opsflow-test-busybox:latest"
-    context = Path(os.environ.get("TMPDIR", "/tmp")) / f"opsflow-busybox-{uuid.uuid4().hex[:8]}"
-    context.mkdir()
-    try:
-        shutil.copy(busybox, context / "busybox")
-        (context / "Dockerfile").write_text(
-            "FROM scratch\nCOPY busybox /bin/busybox\n"
-            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
-        )
-        subprocess.run(["docker", "build", "-q", "-t", image, str(context)], check=True,
-                       capture_output=True, timeout=120)  # fmt: skip
-    finally:
-        shutil.rmtree(context, ignore_errors=True)
-    return image
-
-
-test_image.__test__ = False  # type: ignore[attr-defined]
-
-
 @pytest.fixture(scope="module")
 def compose_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeContext]:
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
-        service_unavailable("Docker Compose v2 is not installed")
-    workdir = tmp_path_factory.mktemp("compose")
-    (workdir / "compose.yml").write_text(COMPOSE_FILE.format(image=test_image()))
-    compose = ComposeContext(
-        project=f"opsflow-health-{uuid.uuid4().hex[:8]}", working_dir=str(workdir),
-        files=["compose.yml"],
-    )  # fmt: skip
-    base = compose.base_argv()
-    try:
-        subprocess.run([*base, "up", "-d"], check=True, capture_output=True, timeout=120)
+    with compose_sandbox(tmp_path_factory.mktemp("compose"), COMPOSE_FILE, "health") as compose:
+        subprocess.run([*compose.base_argv(), "up", "-d"], check=True, capture_output=True,
+                       timeout=120)  # fmt: skip
         yield compose
-    finally:
-        subprocess.run([*base, "down", "-v", "-t", "0"], capture_output=True, timeout=120)
 
 
 def settled(compose: ComposeContext, service: str, want_ok: bool, contains: str) -> CheckResult:
@@ -267,7 +222,7 @@ def test_sensor_raises_its_timeout_past_the_compose_window(compose_project: Comp
     sensor = ServiceHealthSensor(
         task_id="web", service="good", runtime=compose_project, timeout=20, interval=2
     )
-    assert sensor.effective_timeout(compose_project) == 316.0 + 1 * 2 + 30
+    assert sensor.effective_timeout(compose_project) == 316.0 + 1 * 2 + DEFAULT_TIMEOUT_MARGIN
 
 
 # --------------------------------------------------------------------------- through Airflow

@@ -2,15 +2,18 @@
 upgrade, through whatever runtime the stack uses.
 
 A build, pull or migration that ran and failed is a verdict and is not retried; Airflow
-retries only what failed before it ran, and ``start`` (starting a release is
-idempotent). When the run has a ledger entry (upgrades open one at preflight), the fetch
-step records the new release's image ids in it (what the run later compares the runtime
-with), and the migration notes that it started and finished: a rollback then restores the
-data even if this task's process dies, and a retry never re-runs a migration cut short.
+retries only what failed before it ran, and a ``start`` that failed without conclusive
+evidence from the runtime (starting a release is idempotent; a container that cannot start
+or crashed makes it a verdict, so the rollback is not delayed). When the run has a ledger
+entry (upgrades open one at preflight), the fetch step records the new release's image ids
+in it (what the run later compares the runtime with), and the migration notes that it
+started and finished: a rollback then restores the data even if this task's process dies,
+and a retry never re-runs a migration cut short.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -22,6 +25,7 @@ from opsflow.operators.release import entry_id
 from opsflow.operators.steps import StepOperator, StepRecord, run_stack
 from opsflow.releases.ledger import Ledger, LedgerEntry
 from opsflow.runtimes.base import Runtime
+from opsflow.runtimes.evidence import conclusive
 from opsflow.runtimes.process import CommandFailed
 from opsflow.runtimes.registry import runtime_for
 from opsflow.stack.model import check_version
@@ -69,12 +73,24 @@ class RuntimeStepOperator(StepOperator):
             try:
                 self._run(runtime, argv, record)
             except AirflowException as failed:
-                if self.step == "start":
+                if self.step == "start" and not self._cannot_start(runtime):
                     raise  # starting a release again is idempotent: worth a retry
                 raise AirflowFailException(str(failed)) from None
         if entry is not None:
             self._note_done(ledger, entry, record)
         return {"images": record.images}
+
+    def _cannot_start(self, runtime: Runtime) -> bool:
+        """Whether the runtime shows a failed start is a verdict (a container that cannot
+        start or crashed): a retry would only delay the rollback."""
+        states = asyncio.run(runtime.context().containers())
+        evidence = conclusive(states, {s.name for s in runtime.stack.services}, {})
+        if evidence:
+            self.log.error(
+                "Not retried, the runtime's evidence is conclusive: %s",
+                "; ".join(e.line for e in evidence),
+            )
+        return bool(evidence)
 
     def _timeout(self, runtime: Runtime) -> float | None:
         if self.timeout_seconds is not None:

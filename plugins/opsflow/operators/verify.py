@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ from airflow.sdk import Context
 
 from opsflow.health import HealthCheck, check_from_data, check_name, check_to_data
 from opsflow.operators.steps import RECORD_KEY, StepRecord, as_bool, first_line, run_stack
+from opsflow.runtimes.evidence import touched_services
 from opsflow.sensors.health import HealthGateSensor
 from opsflow.stack.model import HealthGate, check_version
 
@@ -63,12 +65,34 @@ class StackGateSensor(HealthGateSensor):
         self._stack_runtime = runtime_for(stack)
         self.runtime = self._stack_runtime.context().to_dict()
 
+    def watched_services(
+        self, context: Context, checks: list[HealthCheck], runtime: RuntimeContext
+    ) -> list[str] | None:
+        """What this run's steps created or restarted, as the runtime reports it: the
+        services the release changed. A run without a known start (or a cleared one,
+        whose first attempt restarted things earlier) watches every service."""
+        everything = [service.name for service in run_stack(self.stack_name).services]
+        run = context.get("dag_run")
+        since = getattr(run, "start_date", None)
+        if since is None or (getattr(run, "clear_number", 0) or 0) > 0:
+            return everything
+        states = asyncio.run(runtime.containers())
+        touched = touched_services(states, since)
+        untouched = sorted(set(everything) - set(touched))
+        if untouched:
+            self.log.info(
+                "Not changed by this run (kept running since before %s): %s",
+                since.isoformat(),
+                ", ".join(untouched),
+            )
+        return touched
+
     def unhealthy_window(self, runtime: RuntimeContext | None) -> float | None:
-        version = check_version(str(self.version))
         if self._stack_runtime is None:
             return super().unhealthy_window(runtime)
+        version = check_version(str(self.version))
         try:
-            return self._stack_runtime.unhealthy_window(version)
+            return self._stack_runtime.unhealthy_window(version, self.watch)
         except Exception as error:
             self.log.warning("Cannot read the runtime's unhealthy window: %s", error)
             return None

@@ -9,8 +9,9 @@ runtime a stack uses: the workflows ask these questions and get plain answers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -35,6 +36,22 @@ class RuntimeContext(Protocol):
 
     async def probe_service(self, service: str) -> tuple[bool, str]: ...
 
+    async def containers(self) -> list[ContainerState]:
+        """Every long-running container of the stack as the runtime reports it now: what
+        the gate reads its conclusive evidence from (``runtimes/evidence.py``)."""
+        ...
+
+    async def last_output(self, container: str) -> str:
+        """The last line a container (or pod) wrote: what a crash says about itself."""
+        ...
+
+    def unhealthy_window(
+        self, env: Mapping[str, str] | None = None, services: Collection[str] | None = None
+    ) -> float | None:
+        """Seconds the runtime may take to call one of ``services`` unhealthy; None when
+        it cannot tell."""
+        ...
+
 
 @dataclass(frozen=True)
 class ContainerState:
@@ -46,10 +63,21 @@ class ContainerState:
     state: str  # created | running | restarting | exited | paused | dead
     health: str | None  # healthy | unhealthy | starting, or None without a healthcheck
     restarts: int
+    container_id: str = ""
+    exit_code: int | None = None
+    error: str = ""  # why the runtime could not start it (missing binary, wrong platform)
+    oom_killed: bool = False
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    last_check: str = ""  # the last healthcheck's exit code and output
 
     @property
     def up(self) -> bool:
         return self.state in ("running", "restarting")
+
+    def touched_since(self, moment: datetime) -> bool:
+        """Created or (re)started at or after ``moment``: something restarted it since."""
+        return any(t is not None and t >= moment for t in (self.created_at, self.started_at))
 
 
 class Runtime(ABC):

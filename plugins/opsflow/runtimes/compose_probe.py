@@ -16,7 +16,10 @@ import subprocess
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opsflow.runtimes.base import ContainerState
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,37 @@ class ComposeContext:
 
         config = self.read_config(env)
         return None if config is None else compose_unhealthy_window(config, services)
+
+    async def containers(self) -> list[ContainerState]:
+        """Every long-running container of the project, from ``docker inspect``; empty
+        (with a warning) when the engine cannot be asked: no evidence is no verdict."""
+        from opsflow.runtimes.engine import PROJECT_LABEL, state_from_inspect
+
+        listing = ["docker", "ps", "--all", "--quiet", "--no-trunc",
+                   "--filter", f"label={PROJECT_LABEL}={self.project}"]  # fmt: skip
+        code, out, err = await run(listing)
+        if code != 0:
+            log.warning("Cannot list the containers of %s: %s", self.project, _clip(err))
+            return []
+        ids = out.split()
+        if not ids:
+            return []
+        # A container removed between the two calls makes inspect exit 1 after printing
+        # the others.
+        _code, out, err = await run(["docker", "inspect", *ids])
+        try:
+            infos = json.loads(out or "[]")
+        except ValueError:
+            log.warning("Cannot inspect the containers of %s: %s", self.project, _clip(err))
+            return []
+        states = [state_from_inspect(info) for info in infos if isinstance(info, dict)]
+        return sorted((s for s in states if s is not None), key=lambda s: (s.service, s.name))
+
+    async def last_output(self, container: str) -> str:
+        """The last line a container wrote (the error a crash loop repeats), or ''."""
+        code, out, err = await run(["docker", "logs", "--tail", "5", container])
+        lines = [line for line in (out + "\n" + err).splitlines() if line.strip()]
+        return _clip(lines[-1]) if code == 0 and lines else ""
 
     async def probe_service(self, service: str) -> tuple[bool, str]:
         """Healthy, or running when its container has no healthcheck; else why not."""

@@ -8,6 +8,8 @@ the API instead of parsing CLI output.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,22 +88,52 @@ def project_containers(project: str) -> list[ContainerState]:
     rows = client.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
     found = []
     for row in rows:
-        labels = row.get("Labels") or {}
-        if str(labels.get(ONEOFF_LABEL, "")).lower() == "true":
-            continue
         try:
             info = client.inspect_container(row["Id"])
         except NotFound:
             continue  # removed between the listing and the inspect
-        state = info.get("State") or {}
-        found.append(
-            ContainerState(
-                service=str(labels.get(SERVICE_LABEL, "")),
-                name=str(info.get("Name", "")).lstrip("/"),
-                image_id=str(info.get("Image", "")),
-                state=str(state.get("Status", "")),
-                health=(state.get("Health") or {}).get("Status"),
-                restarts=int(info.get("RestartCount") or 0),
-            )
-        )
+        state = state_from_inspect(info)
+        if state is not None:
+            found.append(state)
     return sorted(found, key=lambda c: (c.service, c.name))
+
+
+def _moment(value: Any) -> datetime | None:
+    """A Docker timestamp; Docker's zero time (never started) is ``None``."""
+    if not isinstance(value, str) or not value or value.startswith("0001-"):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def state_from_inspect(info: Mapping[str, Any]) -> ContainerState | None:
+    """A Compose container from ``docker inspect`` (the API's or the CLI's: the same
+    JSON); ``None`` for one-off ``run`` containers, which are not the stack's services."""
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    if str(labels.get(ONEOFF_LABEL, "")).lower() == "true":
+        return None
+    state = info.get("State") or {}
+    health = state.get("Health") or {}
+    checks = health.get("Log") or []
+    last_check = ""
+    if checks:
+        output = " ".join(str(checks[-1].get("Output", "")).split())
+        last_check = f"exit {checks[-1].get('ExitCode')}" + (f": {output}" if output else "")
+    exit_code = state.get("ExitCode")
+    return ContainerState(
+        service=str(labels.get(SERVICE_LABEL, "")),
+        name=str(info.get("Name", "")).lstrip("/"),
+        image_id=str(info.get("Image", "")),
+        state=str(state.get("Status", "")),
+        health=health.get("Status"),
+        restarts=int(info.get("RestartCount") or 0),
+        container_id=str(info.get("Id", "")),
+        exit_code=exit_code if isinstance(exit_code, int) else None,
+        error=str(state.get("Error") or ""),
+        oom_killed=bool(state.get("OOMKilled")),
+        created_at=_moment(info.get("Created")),
+        started_at=_moment(state.get("StartedAt")),
+        last_check=last_check,
+    )

@@ -1,10 +1,12 @@
 """Deferrable health sensors: the stack-level gate and thin one-check variants.
 
-``execute()`` runs the first rounds in the worker and, unless they already pass, defers to
-:class:`~opsflow.triggers.health.HealthGateTrigger`, so waiting for a stack to become
-healthy holds no worker slot. The gate's timeout is raised to cover the runtime's own
-unhealthy window: a gate that gives up before Docker itself would call a container
-unhealthy reports failures that are only slowness.
+``execute()`` runs the first rounds in the worker and, unless they already decide, defers
+to :class:`~opsflow.triggers.health.HealthGateTrigger`, so waiting for a stack to become
+healthy holds no worker slot. Conclusive evidence from the runtime against a watched
+service (exited, crash-looping, unhealthy, cannot start) fails the gate in the round that
+sees it. Otherwise the gate waits, its timeout raised to cover the runtime's own unhealthy
+window of the watched services: a gate that gives up before Docker itself would call a
+container unhealthy reports failures that are only slowness.
 """
 
 from __future__ import annotations
@@ -35,19 +37,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_MARGIN = 30.0
-"""Seconds added on top of the Compose unhealthy window and the gate's own rounds."""
+DEFAULT_TIMEOUT_MARGIN = 10.0
+"""Seconds added on top of the Compose unhealthy window and the gate's own rounds: slack
+for Docker's checks running late. Docker's verdict itself ends the gate at once."""
 DEFER_GRACE = 120.0
 """The deferral outlives the gate so the trigger's timeout event, with details, comes first."""
 GATE_LINE_LIMIT = 400
 INLINE_ROUNDS_MAX_SECONDS = 30.0
 """The longest a gate's first rounds may hold the worker before it defers."""
-
-
-async def _one_round(checks: list[HealthCheck], runtime: RuntimeContext | None) -> list[Any]:
-    from opsflow.health import run_check
-
-    return list(await asyncio.gather(*(run_check(check, runtime) for check in checks)))
 
 
 def format_gate_failure(event: Mapping[str, Any]) -> str:
@@ -63,7 +60,8 @@ def format_gate_failure(event: Mapping[str, Any]) -> str:
     if len(head) > GATE_LINE_LIMIT:
         head = head[: GATE_LINE_LIMIT - 3] + "..."
     lines = [head]
-    if failing and not any(not r.get("ok", True) for r in event.get("results") or []):
+    results = event.get("results") or []
+    if event.get("status") == "timeout" and failing and all(r.get("ok", True) for r in results):
         lines.append("  most recent failures:")
     lines += [f"  - {item.get('name')}: {item.get('detail')}" for item in failing]
     return "\n".join(lines)
@@ -95,6 +93,10 @@ class HealthGateSensor(BaseSensorOperator):
         runtime's own unhealthy window when the runtime knows one.
     :param runtime: the runtime's probe context (what container checks ask), or its dict.
     :param timeout_margin: seconds added to the window-derived timeout.
+
+    The services whose runtime evidence ends the gate at once are those its container
+    checks name (:meth:`watched_services`; a release gate watches what the release
+    restarted).
     """
 
     # Checks and the runtime context come from stack files: they are data and reach the
@@ -120,6 +122,7 @@ class HealthGateSensor(BaseSensorOperator):
         self.consecutive = consecutive
         self.interval = _seconds("interval", interval, allow_zero=True)
         self.timeout_margin = _seconds("timeout_margin", timeout_margin, allow_zero=True)
+        self.watch: list[str] | None = None
         if isinstance(checks, (str, bytes, Mapping)) or not isinstance(checks, Sequence):
             raise ValueError(f"checks must be a list of health checks, got {checks!r}")
         if not checks:
@@ -178,13 +181,21 @@ class HealthGateSensor(BaseSensorOperator):
                 )
         return checks, runtime
 
+    def watched_services(
+        self, context: Context, checks: list[HealthCheck], runtime: RuntimeContext
+    ) -> list[str] | None:
+        """Services whose conclusive runtime evidence fails the gate, and whose unhealthy
+        window the timeout covers; None: no evidence, the window of every service."""
+        services = [c.service for c in checks if isinstance(c, ContainerCheck)]
+        return list(dict.fromkeys(services)) or None
+
     def unhealthy_window(self, runtime: RuntimeContext | None) -> float | None:
-        """Seconds after which the runtime itself would call a service unhealthy; None
-        when it cannot tell (the configured timeout is kept)."""
-        if runtime is None or not hasattr(runtime, "unhealthy_window"):
+        """Seconds after which the runtime itself would call a watched service (every
+        service, when none is watched) unhealthy; None when it cannot tell (the configured
+        timeout is kept)."""
+        if runtime is None:
             return None
-        window: float | None = runtime.unhealthy_window()
-        return window
+        return runtime.unhealthy_window(services=self.watch)
 
     def effective_timeout(self, runtime: RuntimeContext | None) -> float:
         """The configured timeout, raised past the runtime's unhealthy window when needed."""
@@ -215,17 +226,25 @@ class HealthGateSensor(BaseSensorOperator):
         return configured
 
     def _inline_rounds(
-        self, checks: list[HealthCheck], runtime: RuntimeContext | None
+        self, checks: list[HealthCheck], runtime: RuntimeContext | None, baseline: dict[str, int]
     ) -> dict[str, Any] | None:
-        """Rounds in the worker while they pass; the success event, or None to defer."""
-        if (self.consecutive - 1) * self.interval > INLINE_ROUNDS_MAX_SECONDS:
-            return None
+        """Rounds in the worker while they pass; the success or failed event, or None to
+        defer. ``baseline`` keeps the restart counts seen, for the trigger."""
+        from opsflow.triggers.health import failed_event, gate_round
+
         started = time.monotonic()
         results: list[Any] = []
+        # Rounds that would hold the worker too long: one round only, for the evidence.
+        one_round = (self.consecutive - 1) * self.interval > INLINE_ROUNDS_MAX_SECONDS
         for number in range(1, self.consecutive + 1):
             if number > 1:
                 time.sleep(self.interval)
-            results = asyncio.run(_one_round(checks, runtime))
+            results, evidence = asyncio.run(gate_round(checks, runtime, self.watch or [], baseline))
+            if evidence:
+                elapsed = round(time.monotonic() - started, 1)
+                return failed_event(evidence, results, number, elapsed)
+            if one_round:
+                return None
             failing = [r for r in results if not r.ok]
             if failing:
                 self.log.info(
@@ -249,6 +268,7 @@ class HealthGateSensor(BaseSensorOperator):
             "rounds": self.consecutive,
             "streak": self.consecutive,
             "elapsed": round(time.monotonic() - started, 1),
+            "decided_at": datetime.now(UTC).isoformat(),
             "results": [r.to_dict() for r in results],
         }
 
@@ -260,10 +280,18 @@ class HealthGateSensor(BaseSensorOperator):
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
         started = datetime.now(UTC).isoformat()
+        self.watch = self.watched_services(context, checks, runtime) if runtime else None
+        if self.watch:
+            self.log.info(
+                "Watching %s: the runtime's verdict on them (exited, crash loop, unhealthy, "
+                "cannot start) ends the gate at once",
+                ", ".join(self.watch),
+            )
         timeout = self.effective_timeout(runtime)
-        passed = self._inline_rounds(checks, runtime)
-        if passed is not None:
-            return self.execute_complete(context, passed)
+        baseline: dict[str, int] = {}
+        decided = self._inline_rounds(checks, runtime, baseline)
+        if decided is not None:
+            return self.execute_complete(context, decided)
         self.log.info(
             "Deferring health gate: %s checks, %s consecutive rounds every %ss, timeout %ss",
             len(checks),
@@ -279,6 +307,8 @@ class HealthGateSensor(BaseSensorOperator):
                 timeout=timeout,
                 runtime=runtime.to_dict() if runtime else None,
                 started_at=started,
+                watch=self.watch,
+                baseline=baseline,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=timeout + DEFER_GRACE),
@@ -307,8 +337,10 @@ class HealthGateSensor(BaseSensorOperator):
             }
         # A gate that ran and failed is a verdict: never retried (a retry would only wait out
         # the timeout again). Failures before the gate ran are retried by Airflow.
-        if status == "timeout":
-            raise AirflowFailException(format_gate_failure(event))
+        if status in ("timeout", "failed"):
+            message = format_gate_failure(event)
+            self.log.error("Health gate decided at %s: %s", event.get("decided_at"), message)
+            raise AirflowFailException(message)
         raise AirflowFailException(str(event.get("message") or f"health gate event: {event!r}"))
 
 

@@ -1,8 +1,11 @@
 """Stack-level health gate that waits in the triggerer instead of a worker slot.
 
 A gate passes only after ``consecutive`` rounds in a row where every check passed; one
-failing check resets the streak, so a flapping service never passes. The deadline comes
-from ``started_at``, so a trigger rebuilt after a triggerer restart keeps its deadline.
+failing check resets the streak, so a flapping service never passes. It fails at the
+deadline, or in the first round where the runtime reports conclusive evidence against a
+service it watches (``runtimes/evidence.py``: exited, crash-looping, unhealthy by the
+runtime's own healthcheck, cannot start). The deadline comes from ``started_at``, so a
+trigger rebuilt after a triggerer restart keeps its deadline.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from opsflow.health import CheckResult, checks_from_data, run_check
+from opsflow.health import CheckResult, HealthCheck, checks_from_data, run_check
+from opsflow.runtimes.base import RuntimeContext
+from opsflow.runtimes.evidence import Evidence, conclusive, note_restarts
+from opsflow.runtimes.registry import runtime_context
 
 CLASSPATH = "opsflow.triggers.health.HealthGateTrigger"
 
@@ -23,17 +29,62 @@ def _event(payload: dict[str, Any]) -> TriggerEvent:
     return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
 
+async def gate_round(
+    checks: list[HealthCheck],
+    runtime: RuntimeContext | None,
+    watch: list[str],
+    baseline: dict[str, int],
+) -> tuple[list[CheckResult], list[Evidence]]:
+    """One round: every check, and the runtime's evidence against the watched services
+    (``baseline`` learns the restart count of each container it sees first)."""
+    probes = asyncio.gather(*(run_check(c, runtime) for c in checks))
+    if runtime is None or not watch:
+        return list(await probes), []
+    results, states = await asyncio.gather(probes, runtime.containers())
+    note_restarts(states, baseline)
+    evidence = conclusive(states, watch, baseline)
+    outputs = await asyncio.gather(*(runtime.last_output(e.container) for e in evidence))
+    return list(results), [e.with_output(text) for e, text in zip(evidence, outputs, strict=True)]
+
+
+def failed_event(
+    evidence: list[Evidence], results: list[CheckResult], rounds: int, elapsed: float
+) -> dict[str, Any]:
+    """The event of a gate that ended on conclusive evidence: each piece of evidence, then
+    every check that failed in the same round."""
+    failing = [{"name": f"service {e.service}", "detail": f"{e.container} {e.detail}"}
+               for e in evidence]  # fmt: skip
+    failing += [{"name": r.name, "detail": r.detail} for r in results if not r.ok]
+    return {
+        "status": "failed",
+        "reason": "conclusive evidence from the runtime",
+        "rounds": rounds,
+        "elapsed": elapsed,
+        "decided_at": datetime.now(UTC).isoformat(),
+        "evidence": [e.to_dict() for e in evidence],
+        "failing": failing,
+        "results": [r.to_dict() for r in results],
+    }
+
+
 class HealthGateTrigger(BaseTrigger):
     """Fire ``success`` after ``consecutive`` all-green rounds, ``timeout`` at the deadline.
 
     Events (all plain JSON):
 
     - ``{"status": "success", "rounds", "streak", "elapsed", "results"}``
+    - ``{"status": "failed", "reason", "rounds", "elapsed", "evidence": [{"service",
+      "container", "detail"}], "failing", "results"}`` when the runtime reports conclusive
+      evidence against a service in ``watch``; ``failing`` starts with that evidence.
     - ``{"status": "timeout", "reason", "rounds", "streak", "consecutive", "elapsed",
       "failing": [{"name", "detail"}], "results"}`` where ``failing`` lists every check that
       failed in the last round, or, when the last round passed but the streak was too short,
       the checks of the most recent failing round.
     - ``{"status": "error", "message"}`` for arguments that cannot be used.
+
+    Every event but ``error`` carries ``decided_at``, the moment the gate decided.
+    ``watch`` names the services whose runtime evidence counts (none: checks only);
+    ``baseline`` holds the restart counts the gate saw first, by container.
     """
 
     def __init__(
@@ -45,6 +96,8 @@ class HealthGateTrigger(BaseTrigger):
         timeout: float,
         runtime: dict[str, Any] | None = None,
         started_at: str | None = None,
+        watch: list[str] | None = None,
+        baseline: dict[str, int] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.checks = [dict(check) for check in checks]
@@ -53,6 +106,8 @@ class HealthGateTrigger(BaseTrigger):
         self.timeout = float(timeout)
         self.runtime = dict(runtime) if runtime is not None else None
         self.started_at = started_at or datetime.now(UTC).isoformat()
+        self.watch = [str(service) for service in watch or []]
+        self.baseline = {str(k): int(v) for k, v in (baseline or {}).items()}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -64,6 +119,8 @@ class HealthGateTrigger(BaseTrigger):
                 "timeout": self.timeout,
                 "runtime": self.runtime,
                 "started_at": self.started_at,
+                "watch": self.watch,
+                "baseline": self.baseline,
             },
         )
 
@@ -79,7 +136,6 @@ class HealthGateTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             checks = checks_from_data(self.checks)
-            from opsflow.runtimes.registry import runtime_context
 
             runtime = runtime_context(self.runtime) if self.runtime else None
             if not checks:
@@ -99,9 +155,18 @@ class HealthGateTrigger(BaseTrigger):
         streak = 0
         results: list[CheckResult] = []
         recent_failures: list[CheckResult] = []
+        baseline = dict(self.baseline)
         while True:
             rounds += 1
-            results = list(await asyncio.gather(*(run_check(c, runtime) for c in checks)))
+            results, evidence = await gate_round(checks, runtime, self.watch, baseline)
+            if evidence:
+                self.log.info(
+                    "Health round %s: conclusive evidence, the gate fails now: %s",
+                    rounds,
+                    "; ".join(e.line for e in evidence),
+                )
+                yield _event(failed_event(evidence, results, rounds, self._elapsed()))
+                return
             failed = [r for r in results if not r.ok]
             if failed:
                 streak = 0
@@ -129,6 +194,7 @@ class HealthGateTrigger(BaseTrigger):
                         "rounds": rounds,
                         "streak": streak,
                         "elapsed": self._elapsed(),
+                        "decided_at": datetime.now(UTC).isoformat(),
                         "results": [r.to_dict() for r in results],
                     }
                 )
@@ -165,6 +231,7 @@ class HealthGateTrigger(BaseTrigger):
             "streak": streak,
             "consecutive": self.consecutive,
             "elapsed": self._elapsed(),
+            "decided_at": datetime.now(UTC).isoformat(),
             "failing": [{"name": r.name, "detail": r.detail} for r in failing],
             "results": [r.to_dict() for r in results],
         }
