@@ -44,7 +44,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from benchlib import (
     print_beside,
     raise_on_signals,
     run,
+    write_demo_compose_copy,
 )
 
 if TYPE_CHECKING:
@@ -177,26 +177,6 @@ class Layout:
     @property
     def log_path(self) -> Path:
         return self.base / "bench.log"
-
-
-def write_compose_copy(layout: Layout) -> None:
-    """The demo compose file with absolute build contexts, and its ``.env``, in the temp dir."""
-    text = (DEMO_DIR / "docker-compose.yml").read_text()
-    contexts = {
-        "context: ./app": f"context: {DEMO_DIR / 'app'}",
-        "context: ../../docker/postgres": f"context: {REPO / 'docker' / 'postgres'}",
-        "context: ../../docker/redis": f"context: {REPO / 'docker' / 'redis'}",
-    }
-    for old, new in contexts.items():
-        text = text.replace(old, new)
-    left = [line for line in text.splitlines() if re.search(r"context:\s*\.", line)]
-    if left:
-        raise BenchError(f"relative build context left in the compose copy: {left}")
-    layout.working_dir.mkdir(mode=0o700)
-    (layout.working_dir / "docker-compose.yml").write_text(text)
-    env_copy = layout.working_dir / ".env"
-    shutil.copyfile(DEMO_DIR / ".env", env_copy)
-    env_copy.chmod(0o600)
 
 
 def write_stack_file(layout: Layout) -> None:
@@ -668,7 +648,7 @@ def main() -> int:
             passwords = demo_passwords()
             ports = {name: free_port() for name in ("api", "postgres", "redis")}
             layout = Layout(base, ports, passwords["POSTGRES_PASSWORD"])
-            write_compose_copy(layout)
+            write_demo_compose_copy(layout.working_dir)
             write_stack_file(layout)
             # Before any opsflow or Airflow import: Airflow reads its home and connections
             # from the environment, opsflow its stacks and state dirs.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO / "include" / "demo"
 GNU_TIME = Path("/usr/bin/time")
 MB = 1 << 20
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -264,3 +267,28 @@ def finish(checks: list[Check], started: float, *, enforce: bool) -> int:
     if not enforce:
         return 0
     return 0 if all(check.ok for check in checks) else 1
+
+
+# ====================================================================== the demo stack
+
+
+def write_demo_compose_copy(working_dir: Path) -> None:
+    """The demo compose file with absolute build contexts, and its ``.env``, in
+    ``working_dir``: a rollback puts back the config files it recorded, and must never
+    write into the checkout."""
+    text = (DEMO_DIR / "docker-compose.yml").read_text()
+    contexts = {
+        "context: ./app": f"context: {DEMO_DIR / 'app'}",
+        "context: ../../docker/postgres": f"context: {REPO / 'docker' / 'postgres'}",
+        "context: ../../docker/redis": f"context: {REPO / 'docker' / 'redis'}",
+    }
+    for old, new in contexts.items():
+        text = text.replace(old, new)
+    left = [line for line in text.splitlines() if re.search(r"context:\s*\.", line)]
+    if left:
+        raise BenchError(f"relative build context left in the compose copy: {left}")
+    working_dir.mkdir(mode=0o700)
+    (working_dir / "docker-compose.yml").write_text(text)
+    env_copy = working_dir / ".env"
+    shutil.copyfile(DEMO_DIR / ".env", env_copy)
+    env_copy.chmod(0o600)

@@ -18,6 +18,9 @@ from opsflow_demo.settings import load_release
 RELEASE = load_release()
 log = logs.setup("api")
 MAX_BODY = 64 * 1024
+CRASH_EXIT_STATUS = 3
+"""Exit status of a release with the ``crash_at_start`` feature: a release whose api dies
+at every start, as one with a bad config or a missing dependency does."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -117,6 +120,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
+    if RELEASE.has("crash_at_start"):
+        # Before binding the port: the container exits and Compose restarts it, again and
+        # again (restart: unless-stopped), which is the crash loop the health gate must see.
+        log.error(
+            "opsflow-demo api %s: feature crash_at_start, exiting with status %s before serving",
+            RELEASE.version,
+            CRASH_EXIT_STATUS,
+        )
+        raise SystemExit(CRASH_EXIT_STATUS)
     signal.signal(signal.SIGTERM, _on_sigterm)
     port = int(os.environ.get("API_LISTEN_PORT", "8080"))
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - container port
