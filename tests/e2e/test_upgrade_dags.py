@@ -154,6 +154,36 @@ def test_never_ready_release_is_rolled_back_with_its_data_and_config(
     assert upgrades.current() == "1.1.0" and upgrades.lock_free()
 
 
+def test_a_release_that_crashes_at_start_fails_its_gate_at_once(
+    upgrades: Upgrades, smtp_server: SmtpCapture, http_receiver: HttpCapture
+) -> None:
+    """The api of 1.4.0-crash-at-start exits at every start: the gate must not wait out its
+    timeout (at least the api's 60 s unhealthy window) on a container that crash-loops."""
+    upgrades.arrive_at("1.1.0")
+    result = upgrades.upgrade("1.4.0-crash-at-start", alert_connections(smtp_server, http_receiver))
+    out = out_of(result)
+
+    assert result.returncode != 0, out[-6000:]
+    assert upgrades.serving("1.1.0"), out[-6000:]
+    alert = _alert(http_receiver)
+    found = re.search(
+        r"failed at verify with health gate failed after (\d+)s \(conclusive evidence from "
+        r"the runtime\): service api: \S+ (exited with code 3|restarted \S+ (times )?during)",
+        alert["error"],
+    )
+    assert found, alert["error"]
+    assert int(found.group(1)) <= 10, alert["error"]  # within a round or two, 1 s apart
+    assert "rolled back to 1.1.0; healthy" in alert["error"]
+    assert "feature crash_at_start, exiting with status 3" in out  # the container's last words
+    # The gate watched what the upgrade restarted, not the databases that kept running.
+    assert re.search(r"Not changed by this run \(kept running since before \S+\): postgres, redis",
+                     out)  # fmt: skip
+    assert "Watching api, worker:" in out
+    entry = upgrades.last("upgrade")
+    assert (entry["outcome"], entry["failed_task"]) == ("rolled-back", "verify")
+    assert upgrades.current() == "1.1.0" and upgrades.lock_free()
+
+
 def test_half_applied_migration_is_undone_by_restoring_the_database(
     upgrades: Upgrades, smtp_server: SmtpCapture, http_receiver: HttpCapture
 ) -> None:

@@ -95,12 +95,13 @@ def up(project: ComposeContext, service: str) -> subprocess.CompletedProcess[str
 
 
 def gate(project: ComposeContext, *, watch: list[str], timeout: float, checks: Any = None,
-         interval: float = 1.0, consecutive: int = 2) -> tuple[dict[str, Any], float]:  # fmt: skip
+         interval: float = 1.0, consecutive: int = 2,
+         settled_timeout: float | None = None) -> tuple[dict[str, Any], float]:  # fmt: skip
     """Run the gate trigger to its first event; the event and the seconds it took."""
     trigger = HealthGateTrigger(
         checks=checks or [{"kind": "container", "service": s} for s in watch],
         consecutive=consecutive, interval=interval, timeout=timeout, runtime=project.to_dict(),
-        watch=watch,
+        watch=watch, settled_timeout=settled_timeout,
     )  # fmt: skip
 
     async def first() -> dict[str, Any]:
@@ -226,6 +227,28 @@ def test_checks_that_can_still_turn_good_keep_the_gate_waiting(
     assert event["rounds"] >= 3 and seconds >= 4
     details = [f["detail"] for f in event["failing"]]
     assert details[0].startswith("status 503") and details[1] == "NOT_SERVING", details
+
+
+def test_once_the_runtime_calls_everything_healthy_its_window_is_not_waited_out(
+    project: ComposeContext, health_http_server: SwitchableHealthServer
+) -> None:
+    """The timeout was raised to 60 s for the runtime's window; the watched container runs
+    healthy from the first round, so the gate ends at the configured 3 s or, later, the
+    settling moment + 2 rounds + the 10 s margin, not at 60 s."""
+    assert up(project, "good").returncode == 0
+    health_http_server.mode = "503"
+    checks = [{"kind": "http", "url": health_http_server.url, "timeout": 2.0}]
+    event, seconds = gate(project, watch=["good"], timeout=60, checks=checks,
+                          settled_timeout=3)  # fmt: skip
+    assert event["status"] == "timeout", event
+    assert 11 <= seconds < 25, seconds
+
+
+def test_a_service_still_starting_keeps_the_raised_timeout(project: ComposeContext) -> None:
+    assert up(project, "starting").returncode == 0
+    event, seconds = gate(project, watch=["starting"], timeout=6, settled_timeout=1)
+    assert event["status"] == "timeout", event
+    assert seconds >= 6
 
 
 def test_a_crashed_service_the_gate_does_not_watch_is_no_verdict(project: ComposeContext) -> None:

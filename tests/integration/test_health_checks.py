@@ -223,6 +223,11 @@ def test_sensor_raises_its_timeout_past_the_compose_window(compose_project: Comp
         task_id="web", service="good", runtime=compose_project, timeout=20, interval=2
     )
     assert sensor.effective_timeout(compose_project) == 316.0 + 1 * 2 + DEFAULT_TIMEOUT_MARGIN
+    # Watching what changed: only those services' windows count (sick: 0 + (1 + 2) * 1).
+    sensor.watch = ["good", "sick"]
+    assert sensor.effective_timeout(compose_project) == 20.0  # 3 + 2 + margin < 20
+    sensor.watch = ["good", "slow"]
+    assert sensor.effective_timeout(compose_project) == 316.0 + 1 * 2 + DEFAULT_TIMEOUT_MARGIN
 
 
 # --------------------------------------------------------------------------- through Airflow

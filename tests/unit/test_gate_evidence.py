@@ -11,7 +11,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from opsflow.runtimes.base import ContainerState
-from opsflow.runtimes.evidence import conclusive, judge, note_restarts, touched_services
+from opsflow.runtimes.evidence import (
+    conclusive,
+    judge,
+    note_restarts,
+    touched_services,
+    verdicts_in,
+)
 from opsflow.sensors.health import format_gate_failure
 from opsflow.triggers.health import failed_event
 
@@ -99,3 +105,12 @@ def test_a_failed_event_names_the_evidence_first_in_the_alert_line() -> None:
         "output: ImportError: no module named x"
     )
     assert datetime.fromisoformat(event["decided_at"]) >= NOW
+
+
+def test_the_runtimes_verdict_is_in_when_every_watched_service_runs_healthy() -> None:
+    plain = replace(RUNNING, service="worker", health=None, container_id="c3")
+    assert verdicts_in([RUNNING, plain], {"api", "worker"})
+    assert not verdicts_in([RUNNING], {"api", "worker"})  # no container of worker yet
+    assert not verdicts_in([RUNNING, replace(plain, health="starting")], {"api", "worker"})
+    assert not verdicts_in([replace(RUNNING, state="restarting")], {"api"})
+    assert verdicts_in([RUNNING, replace(plain, state="exited")], {"api"})  # not watched

@@ -16,6 +16,10 @@ from datetime import datetime
 
 from opsflow.runtimes.base import ContainerState
 
+WINDOW_MARGIN = 10.0
+"""Seconds a gate adds on top of the runtime's unhealthy window and its own rounds: slack
+for Docker's checks running late. Docker's verdict itself ends the gate at once."""
+
 
 @dataclass(frozen=True)
 class Evidence:
@@ -94,3 +98,17 @@ def conclusive(
         if detail is not None:
             found.append(Evidence(state.service, state.name, detail))
     return found
+
+
+def verdicts_in(states: Iterable[ContainerState], watch: Collection[str]) -> bool:
+    """Whether the runtime has settled on every watched service: each has a container and
+    all of them run healthy, or run without a healthcheck of their own. From then on its
+    unhealthy window is nothing left to wait for."""
+    seen: set[str] = set()
+    for state in states:
+        if state.service not in watch:
+            continue
+        if state.state != "running" or state.health not in (None, "healthy"):
+            return False
+        seen.add(state.service)
+    return seen == set(watch)

@@ -30,6 +30,7 @@ from opsflow.health import (
     check_name,
     check_to_data,
 )
+from opsflow.runtimes.evidence import WINDOW_MARGIN
 from opsflow.stack.model import HealthGate
 
 if TYPE_CHECKING:
@@ -37,9 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_MARGIN = 10.0
-"""Seconds added on top of the Compose unhealthy window and the gate's own rounds: slack
-for Docker's checks running late. Docker's verdict itself ends the gate at once."""
+DEFAULT_TIMEOUT_MARGIN = WINDOW_MARGIN
 DEFER_GRACE = 120.0
 """The deferral outlives the gate so the trigger's timeout event, with details, comes first."""
 GATE_LINE_LIMIT = 400
@@ -239,7 +238,8 @@ class HealthGateSensor(BaseSensorOperator):
         for number in range(1, self.consecutive + 1):
             if number > 1:
                 time.sleep(self.interval)
-            results, evidence = asyncio.run(gate_round(checks, runtime, self.watch or [], baseline))
+            seen = asyncio.run(gate_round(checks, runtime, self.watch or [], baseline))
+            results, evidence = seen.results, seen.evidence
             if evidence:
                 elapsed = round(time.monotonic() - started, 1)
                 return failed_event(evidence, results, number, elapsed)
@@ -309,6 +309,7 @@ class HealthGateSensor(BaseSensorOperator):
                 started_at=started,
                 watch=self.watch,
                 baseline=baseline,
+                settled_timeout=float(self.timeout) if timeout > self.timeout else None,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=timeout + DEFER_GRACE),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from opsflow.health import CheckResult, HealthCheck, checks_from_data, run_check
 from opsflow.runtimes.base import RuntimeContext
-from opsflow.runtimes.evidence import Evidence, conclusive, note_restarts
+from opsflow.runtimes.evidence import (
+    WINDOW_MARGIN,
+    Evidence,
+    conclusive,
+    note_restarts,
+    verdicts_in,
+)
 from opsflow.runtimes.registry import runtime_context
 
 CLASSPATH = "opsflow.triggers.health.HealthGateTrigger"
@@ -29,22 +36,32 @@ def _event(payload: dict[str, Any]) -> TriggerEvent:
     return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
 
+@dataclass
+class Round:
+    """What one round of a gate saw."""
+
+    results: list[CheckResult]
+    evidence: list[Evidence]
+    settled: bool  # the runtime has its verdict on every watched service: healthy
+
+
 async def gate_round(
     checks: list[HealthCheck],
     runtime: RuntimeContext | None,
     watch: list[str],
     baseline: dict[str, int],
-) -> tuple[list[CheckResult], list[Evidence]]:
+) -> Round:
     """One round: every check, and the runtime's evidence against the watched services
     (``baseline`` learns the restart count of each container it sees first)."""
     probes = asyncio.gather(*(run_check(c, runtime) for c in checks))
     if runtime is None or not watch:
-        return list(await probes), []
+        return Round(list(await probes), [], False)
     results, states = await asyncio.gather(probes, runtime.containers())
     note_restarts(states, baseline)
     evidence = conclusive(states, watch, baseline)
     outputs = await asyncio.gather(*(runtime.last_output(e.container) for e in evidence))
-    return list(results), [e.with_output(text) for e, text in zip(evidence, outputs, strict=True)]
+    evidence = [e.with_output(text) for e, text in zip(evidence, outputs, strict=True)]
+    return Round(list(results), evidence, verdicts_in(states, watch))
 
 
 def failed_event(
@@ -85,6 +102,11 @@ class HealthGateTrigger(BaseTrigger):
     Every event but ``error`` carries ``decided_at``, the moment the gate decided.
     ``watch`` names the services whose runtime evidence counts (none: checks only);
     ``baseline`` holds the restart counts the gate saw first, by container.
+    ``settled_timeout`` is the configured timeout when ``timeout`` was raised to outwait
+    the runtime's unhealthy window: once the runtime reports every watched service
+    healthy, there is no verdict of its own left to wait for, and the deadline comes
+    back to ``settled_timeout`` (or the settling moment plus the gate's rounds and
+    :data:`~opsflow.runtimes.evidence.WINDOW_MARGIN`, whichever is later).
     """
 
     def __init__(
@@ -98,6 +120,7 @@ class HealthGateTrigger(BaseTrigger):
         started_at: str | None = None,
         watch: list[str] | None = None,
         baseline: dict[str, int] | None = None,
+        settled_timeout: float | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.checks = [dict(check) for check in checks]
@@ -108,6 +131,8 @@ class HealthGateTrigger(BaseTrigger):
         self.started_at = started_at or datetime.now(UTC).isoformat()
         self.watch = [str(service) for service in watch or []]
         self.baseline = {str(k): int(v) for k, v in (baseline or {}).items()}
+        self.settled_timeout = float(settled_timeout) if settled_timeout is not None else None
+        self._limit = self.timeout
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -121,17 +146,37 @@ class HealthGateTrigger(BaseTrigger):
                 "started_at": self.started_at,
                 "watch": self.watch,
                 "baseline": self.baseline,
+                "settled_timeout": self.settled_timeout,
             },
         )
 
-    def _seconds_left(self) -> float:
+    def _elapsed_now(self) -> float:
         started = datetime.fromisoformat(self.started_at)
         if started.tzinfo is None:
             started = started.replace(tzinfo=UTC)
-        return self.timeout - (datetime.now(UTC) - started).total_seconds()
+        return (datetime.now(UTC) - started).total_seconds()
+
+    def _seconds_left(self) -> float:
+        return self._limit - self._elapsed_now()
 
     def _elapsed(self) -> float:
-        return round(self.timeout - self._seconds_left(), 1)
+        return round(self._elapsed_now(), 1)
+
+    def _settle(self) -> None:
+        """The runtime's verdict is in: no window of its own left to outwait."""
+        if self.settled_timeout is None or self._limit < self.timeout:
+            return
+        grace = self.consecutive * self.interval + WINDOW_MARGIN
+        limit = min(self.timeout, max(self.settled_timeout, self._elapsed_now() + grace))
+        if limit < self._limit:
+            self._limit = limit
+            self.log.info(
+                "The runtime reports every watched service healthy (%s): the gate's timeout "
+                "goes back from %ss to %.0fs",
+                ", ".join(self.watch),
+                self.timeout,
+                limit,
+            )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -158,7 +203,10 @@ class HealthGateTrigger(BaseTrigger):
         baseline = dict(self.baseline)
         while True:
             rounds += 1
-            results, evidence = await gate_round(checks, runtime, self.watch, baseline)
+            seen = await gate_round(checks, runtime, self.watch, baseline)
+            results, evidence = seen.results, seen.evidence
+            if seen.settled:
+                self._settle()
             if evidence:
                 self.log.info(
                     "Health round %s: conclusive evidence, the gate fails now: %s",
