@@ -77,6 +77,8 @@ class StackGateSensor(HealthGateSensor):
         if since is None or (getattr(run, "clear_number", 0) or 0) > 0:
             return everything
         states = asyncio.run(runtime.containers())
+        if not states:
+            return everything  # the runtime could not tell: nothing is assumed unchanged
         touched = touched_services(states, since)
         untouched = sorted(set(everything) - set(touched))
         if untouched:
