@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from opsflow.errors import OpsflowError
+from opsflow.stack import overlay
 from opsflow.stack.model import AirflowMaintenance, Stack
 from opsflow.stack.safety import stack_path_problems
 
@@ -52,15 +53,20 @@ class StackFileError(OpsflowError, ValueError):
     are kept, so a file with a million bad values still gives a readable import error.
     """
 
-    def __init__(self, path: Path, problems: list[str], unlisted: int = 0) -> None:
+    def __init__(
+        self, path: Path, problems: list[str], unlisted: int = 0, bases: tuple[Path, ...] = ()
+    ) -> None:
         self.path = path
+        self.bases = bases
         kept = [_clip(p) for p in problems[:MAX_PROBLEMS]]
         unlisted += max(0, len(problems) - MAX_PROBLEMS)
         if unlisted:
             kept.append(f"... and {unlisted} more problems")
         self.problems = kept
         lines = "\n".join(f"  - {p}" for p in kept)
-        super().__init__(f"invalid stack file {_clip(str(path), 1000)}:\n{lines}")
+        chain = " -> ".join(_clip(str(base), 1000) for base in bases)
+        extends = f" (extends {chain})" if bases else ""
+        super().__init__(f"invalid stack file {_clip(str(path), 1000)}{extends}:\n{lines}")
 
 
 def stacks_dir() -> Path:
@@ -373,8 +379,53 @@ def _parse_yaml(text: str, path: Path) -> Any:
         loader.dispose()
 
 
+def _read_document(path: Path, chain: tuple[Path, ...] = ()) -> tuple[Any, tuple[Path, ...]]:
+    """The file's YAML data, merged over the files it ``extends``; and those files."""
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        return data, ()
+    try:
+        base_file = overlay.base_path(data, path)
+    except overlay.OverlayProblem as exc:
+        raise StackFileError(path, [str(exc)]) from None
+    if base_file is None:
+        return data, ()
+    chain = (*chain, path.resolve())
+    if base_file in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_file))
+        raise StackFileError(path, [f"extends: the files extend each other: {cycle}"])
+    if len(chain) >= overlay.MAX_CHAIN:
+        raise StackFileError(
+            path, [f"extends: more than {overlay.MAX_CHAIN} files in one chain of extends"]
+        )
+    try:
+        base, bases = _read_document(base_file, chain)
+    except StackFileError as exc:
+        problems = [f"extends {exc.path}: {problem}" for problem in exc.problems]
+        raise StackFileError(path, problems, bases=exc.bases) from None
+    if not isinstance(base, dict):
+        raise StackFileError(path, [f"extends {base_file}: the file is not a mapping"])
+    return overlay.apply(base, base_file, data, path), (base_file, *bases)
+
+
 def load_stack_file(path: Path) -> Stack:
-    return parse_stack(_read_yaml(path), path)
+    data, bases = _read_document(path)
+    try:
+        return parse_stack(data, path)
+    except StackFileError as exc:
+        if not bases:
+            raise
+        raise StackFileError(path, exc.problems, bases=bases) from None
+
+
+def stack_source(path: Path) -> bytes:
+    """What a run keeps of the stack file: its bytes, or for an overlay the merged
+    document, so the files it extends cannot change under a running run either."""
+    data, bases = _read_document(path)
+    if not bases:
+        return path.read_bytes()
+    header = f"# {path.name} merged over {', '.join(str(b) for b in bases)}\n"
+    return (header + yaml.safe_dump(data, sort_keys=False)).encode("utf-8")
 
 
 def parse_stack_text(text: str, path: Path) -> Stack:

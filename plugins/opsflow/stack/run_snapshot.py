@@ -4,7 +4,8 @@ when the run's first task read it.
 A stack file edited while an upgrade runs must not give its rollback other services, other
 checks or another backup destination than its start had. The first task of a run that asks
 for the stack stores the file's bytes under the stack's state dir
-(``runs/<dag_id>--<run_id>.yaml``); every later task of the run, including retries and a
+(``runs/<dag_id>--<run_id>.yaml``; for a file that ``extends`` another, the merged
+document); every later task of the run, including retries and a
 cleared run's second attempt, reads that copy and judges it as the file at its real path
 (its name, relative paths and allowed roots). Snapshots of old runs are pruned.
 """
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 from opsflow.paths import make_private_dirs, stack_state_dir, write_atomic
-from opsflow.stack.loader import load_stack_file, parse_stack_text, stack_path
+from opsflow.stack.loader import load_stack_file, parse_stack_text, stack_path, stack_source
 from opsflow.stack.model import Stack
 
 RUNS_DIR = "runs"
@@ -41,7 +42,7 @@ def load_run_stack(stack: str, dag_id: str, run_id: str, directory: Path | None 
         text = snapshot.read_text(encoding="utf-8")
     except FileNotFoundError:
         load_stack_file(original)  # a broken file fails here, naming the file itself
-        text = _store(snapshot, original.read_bytes())
+        text = _store(snapshot, stack_source(original))
     return parse_stack_text(text, original)
 
 
