@@ -88,12 +88,13 @@ def _host_ports(stack: Stack) -> set[int]:
 def _checked_ports(stack: Stack) -> set[int]:
     ports: set[int] = set()
     for check in stack.checks:
-        if isinstance(check, HttpCheck):
+        # Checks by service endpoint find their port through the runtime: nothing to match.
+        if isinstance(check, HttpCheck) and check.url:
             url = urlsplit(check.url)
             ports.add(url.port or (443 if url.scheme == "https" else 80))
-        elif isinstance(check, TcpCheck):
+        elif isinstance(check, TcpCheck) and check.port:
             ports.add(check.port)
-        elif isinstance(check, GrpcCheck):
+        elif isinstance(check, GrpcCheck) and check.target:
             ports.add(int(check.target.rsplit(":", 1)[1]))
     return ports
 

@@ -769,3 +769,55 @@ def test_a_broken_file_does_not_prevent_loading_the_others(
     assert "not valid YAML" in str(errors["broken"])
     assert errors["invalid"].path == tmp_path / "invalid.yaml"
     assert errors["invalid"].problems == ["timezone: unknown timezone: 'Nope/Nope'"]
+
+
+# ------------------------------------------------------------------ checks by service endpoint
+
+
+def _api_check(data: dict[str, Any], check: dict[str, Any]) -> None:
+    data["services"][0]["health"] = [check]
+
+
+@pytest.mark.parametrize(
+    ("check", "problem"),
+    [
+        ({"kind": "http", "url": "http://127.0.0.1:8080/", "endpoint": {"service": "api",
+          "port": 8080}}, "give either url or endpoint ({service, port}), not both"),
+        ({"kind": "http"}, "give either url or endpoint ({service, port}), not both"),
+        ({"kind": "http", "url": "http://127.0.0.1:8080/", "path": "/health"},
+         "path and scheme go with endpoint; a url carries its own"),
+        ({"kind": "tcp", "port": 80, "endpoint": {"service": "api", "port": 8080}},
+         "give either port or endpoint"),
+        ({"kind": "grpc"}, "give either target or endpoint"),
+        ({"kind": "tcp", "endpoint": {"service": "api", "port": 0}},
+         "services[0].health[0].endpoint.port: Input should be greater than or equal to 1"),
+        ({"kind": "http", "endpoint": {"service": "cache", "port": 6379}},
+         "services[0].health[0].endpoint.service: names an unknown service"),
+    ],
+)  # fmt: skip
+def test_endpoint_checks_are_refused_with_the_field(
+    tmp_path: Path, check: dict[str, Any], problem: str
+) -> None:
+    path = write(tmp_path, "shop", stack_data(lambda d: _api_check(d, check)))
+    assert problem in problems_of(path)
+
+
+def test_an_endpoint_check_travels_as_data_and_back(tmp_path: Path) -> None:
+    from opsflow.health import check_from_data, check_name, check_to_data
+
+    endpoint = {"kind": "http", "endpoint": {"service": "api", "port": 8080}, "path": "/ready"}
+    path = write(tmp_path, "shop", stack_data(lambda d: _api_check(d, endpoint)))
+    [check] = load_stack_file(path).service("api").health
+    data = check_to_data(check)
+    assert data == {**endpoint, "method": "GET", "expect_status": [200], "expect_json": {},
+                    "timeout": 5.0}  # fmt: skip
+    assert check_from_data(data) == check
+    assert check_name(check) == "http GET http://api:8080/ready"
+
+
+def test_a_sensor_without_a_runtime_refuses_an_endpoint_check() -> None:
+    from opsflow.sensors.health import HealthGateSensor
+
+    with pytest.raises(ValueError, match="names a service endpoint and needs the stack's runtime"):
+        HealthGateSensor(task_id="gate", checks=[{"kind": "tcp",
+                         "endpoint": {"service": "api", "port": 80}}])  # fmt: skip

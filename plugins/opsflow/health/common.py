@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from opsflow.addresses import LINK_LOCAL_REASON, is_link_local, link_local_problem
 
@@ -51,10 +51,42 @@ class CheckModel(BaseModel):
 
 
 class ServiceProbe(Protocol):
-    """What a container check needs from the runtime that runs the stack: its own verdict
-    on one service (``runtimes.base.RuntimeContext`` is one)."""
+    """What the checks need from the runtime that runs the stack: its own verdict on one
+    service, and where a service's port is published (``runtimes.base.RuntimeContext`` is
+    one)."""
 
     async def probe_service(self, service: str) -> tuple[bool, str]: ...
+
+    async def published(self, service: str, port: int) -> tuple[str, int]:
+        """Host address and port where ``service`` publishes its container ``port``;
+        raises with the reason when it does not."""
+        ...
+
+
+class Endpoint(BaseModel):
+    """A service's container port, found on the host through the runtime when the check
+    runs: the check stays right when an operator moves the published port (in ``.env``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service: str = Field(min_length=1, max_length=128)
+    port: int = Field(ge=1, le=65535)
+
+    def __str__(self) -> str:
+        return f"{self.service}:{self.port}"
+
+
+async def endpoint_address(endpoint: Endpoint, runtime: ServiceProbe | None) -> tuple[str, int]:
+    """Where ``endpoint`` answers on this host now, as the runtime publishes it."""
+    if runtime is None:
+        raise LookupError(f"{endpoint}: finding a published port needs the stack's runtime")
+    return await runtime.published(endpoint.service, endpoint.port)
+
+
+def one_address(direct: object, endpoint: Endpoint | None, names: str) -> None:
+    """Model rule: a check names its address one way, directly or as an endpoint."""
+    if (direct is None) == (endpoint is None):
+        raise ValueError(f"give either {names} or endpoint ({{service, port}}), not both")
 
 
 M = TypeVar("M", bound=CheckModel)

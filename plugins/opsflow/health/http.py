@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from opsflow.addresses import LINK_LOCAL_REASON, is_link_local
 from opsflow.durations import Duration
@@ -19,9 +19,12 @@ from opsflow.health.common import (
     CheckKind,
     CheckModel,
     CheckResult,
+    Endpoint,
     ServiceProbe,
     body_excerpt,
     clip,
+    endpoint_address,
+    one_address,
     probe_host,
     resolved_refusal,
 )
@@ -31,8 +34,13 @@ MAX_BODY_BYTES = 1 << 20
 
 
 class HttpCheck(CheckModel):
+    """``url``, or ``scheme://<where endpoint is published><path>`` found at check time."""
+
     kind: Literal["http"]
-    url: str = Field(pattern=r"^https?://")
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    endpoint: Endpoint | None = None
+    path: str | None = Field(default=None, pattern=r"^/")  # with endpoint; "/" when unset
+    scheme: Literal["http", "https"] | None = None  # with endpoint; "http" when unset
     method: Literal["GET", "HEAD"] = "GET"
     expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1)
     # Dotted JSON path -> expected value, e.g. {"status": "healthy"}.
@@ -44,9 +52,18 @@ class HttpCheck(CheckModel):
     def _status_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, int) else value
 
+    @model_validator(mode="after")
+    def _one_address(self) -> HttpCheck:
+        one_address(self.url, self.endpoint, "url")
+        if self.url is not None and (self.path is not None or self.scheme is not None):
+            raise ValueError("path and scheme go with endpoint; a url carries its own")
+        return self
+
     @field_validator("url")
     @classmethod
-    def _url_host(cls, url: str) -> str:
+    def _url_host(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
         try:
             host = urlsplit(url).hostname
         except ValueError as exc:
@@ -58,7 +75,8 @@ class HttpCheck(CheckModel):
 
 
 def http_name(check: HttpCheck) -> str:
-    return f"http {check.method} {check.url}"
+    where = check.url or f"{check.scheme or 'http'}://{check.endpoint}{check.path or '/'}"
+    return f"http {check.method} {where}"
 
 
 def _url_host_port(url: str) -> tuple[str, int]:
@@ -111,7 +129,12 @@ def _json_path(document: Any, path: str) -> Any:
 async def check_http(check: HttpCheck, runtime: ServiceProbe | None = None) -> CheckResult:
     """Status in ``expect_status`` and every ``expect_json`` dotted path equal to its value."""
     name = http_name(check)
-    refusal = await resolved_refusal(*_url_host_port(check.url))
+    url = check.url or ""
+    if check.endpoint is not None:
+        host, port = await endpoint_address(check.endpoint, runtime)
+        address = f"[{host}]" if ":" in host else host
+        url = f"{check.scheme or 'http'}://{address}:{port}{check.path or '/'}"
+    refusal = await resolved_refusal(*_url_host_port(url))
     if refusal is not None:
         return CheckResult(name, False, refusal)
     import aiohttp
@@ -120,7 +143,7 @@ async def check_http(check: HttpCheck, runtime: ServiceProbe | None = None) -> C
     connector = aiohttp.TCPConnector(resolver=_guarded_resolver())
     async with (
         aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
-        session.request(check.method, check.url) as response,
+        session.request(check.method, url) as response,
     ):
         chunks: list[bytes] = []
         size = 0

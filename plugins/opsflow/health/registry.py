@@ -52,8 +52,8 @@ def check_to_data(check: HealthCheck) -> dict[str, Any]:
     Durations become float seconds: pydantic's JSON form of a timedelta (``PT5S``) is not
     accepted back by the duration parser.
     """
-    data = check.model_dump(mode="json")
-    for key, value in check.model_dump(mode="python").items():
+    data = check.model_dump(mode="json", exclude_none=True)
+    for key, value in check.model_dump(mode="python", exclude_none=True).items():
         if isinstance(value, timedelta):
             data[key] = value.total_seconds()
     return data

@@ -36,6 +36,11 @@ class RuntimeContext(Protocol):
 
     async def probe_service(self, service: str) -> tuple[bool, str]: ...
 
+    async def published(self, service: str, port: int) -> tuple[str, int]:
+        """Host address and port where ``service`` publishes its container ``port`` now;
+        raises ``LookupError`` saying why when it does not."""
+        ...
+
     async def containers(self) -> list[ContainerState]:
         """Every long-running container of the stack as the runtime reports it now: what
         the gate reads its conclusive evidence from (``runtimes/evidence.py``)."""

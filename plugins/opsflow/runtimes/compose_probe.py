@@ -151,6 +151,30 @@ class ComposeContext:
         states = [state_from_inspect(info) for info in infos if isinstance(info, dict)]
         return sorted((s for s in states if s is not None), key=lambda s: (s.service, s.name))
 
+    async def published(self, service: str, port: int) -> tuple[str, int]:
+        """Where a running container of ``service`` publishes ``port``/tcp (``docker
+        port``); a wildcard binding is reached on the loopback address."""
+        from opsflow.runtimes.engine import PROJECT_LABEL, SERVICE_LABEL
+
+        listing = ["docker", "ps", "--quiet", "--filter", f"label={PROJECT_LABEL}={self.project}",
+                   "--filter", f"label={SERVICE_LABEL}={service}"]  # fmt: skip
+        code, out, err = await run(listing)
+        if code != 0:
+            raise LookupError(_clip(f"{service}:{port}: docker ps failed ({code}): {err}"))
+        running = out.split()
+        if not running:
+            raise LookupError(f"{service}:{port}: no running container of {service!r} in "
+                              f"project {self.project!r}")  # fmt: skip
+        code, out, err = await run(["docker", "port", running[0], f"{port}/tcp"])
+        bindings = out.split()
+        if code != 0 or not bindings:
+            raise LookupError(_clip(f"{service}:{port} is not published on the host: "
+                                    f"{err.strip() or 'no binding'}"))  # fmt: skip
+        host, _, host_port = bindings[0].rpartition(":")
+        host = host.strip("[]")
+        wildcard = host in ("", "0.0.0.0", "::")  # noqa: S104 - read, not bound
+        return ("127.0.0.1" if wildcard else host), int(host_port)
+
     async def last_output(self, container: str) -> str:
         """The last line a container wrote (the error a crash loop repeats), or ''."""
         code, out, err = await run(["docker", "logs", "--tail", "5", container])

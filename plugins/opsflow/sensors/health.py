@@ -173,10 +173,15 @@ class HealthGateSensor(BaseSensorOperator):
                 ) from None
         runtime = runtime_context(self.runtime) if self.runtime is not None else None
         for index, check in enumerate(checks):
-            if isinstance(check, ContainerCheck) and runtime is None:
+            if runtime is None and isinstance(check, ContainerCheck):
                 raise ValueError(
                     f"checks[{index}] ({check_name(check)}) is a container check and needs "
                     "the stack's runtime context, got runtime=None"
+                )
+            if runtime is None and getattr(check, "endpoint", None) is not None:
+                raise ValueError(
+                    f"checks[{index}] ({check_name(check)}) names a service endpoint and "
+                    "needs the stack's runtime context to find its port, got runtime=None"
                 )
         return checks, runtime
 

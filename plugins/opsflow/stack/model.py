@@ -509,10 +509,12 @@ class Stack(Strict):
             referenced.append(("migration.service", self.migration.service))
         for index, service in enumerate(self.services):
             for number, check in enumerate(service.health):
+                where = f"services[{index}].health[{number}]"
                 if isinstance(check, ContainerCheck):
-                    referenced.append(
-                        (f"services[{index}].health[{number}].service", check.service)
-                    )
+                    referenced.append((f"{where}.service", check.service))
+                endpoint = getattr(check, "endpoint", None)
+                if endpoint is not None:
+                    referenced.append((f"{where}.endpoint.service", endpoint.service))
         sources = self.backup.sources
         for index, database in enumerate(sources.postgres):
             referenced.append((f"backup.sources.postgres[{index}].service", database.service))
