@@ -145,8 +145,12 @@ def test_kratos() -> None:
     app = stack.service("app")
     assert app.ports == ["8000:8000", "9000:9000"]
     healthz = app.health[0]
-    assert isinstance(healthz, HttpCheck) and healthz.url.endswith("/healthz")
+    assert isinstance(healthz, HttpCheck) and healthz.path == "/healthz"
+    assert healthz.endpoint is not None and (healthz.endpoint.service, healthz.endpoint.port) == (
+        "app", 8000,
+    )  # fmt: skip
     assert healthz.expect_status == [200]
+    assert stack.migration is not None and stack.migration.service == "app"
     assert stack.service("db").image == "postgres:14"
     assert stack.backup.sources.postgres[0].major_version == 14
 
