@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
+from benchlib import write_demo_compose_copy
 
 from opsflow.runtimes.compose import compose_base_argv
 from support import REPO_ROOT
@@ -390,7 +391,7 @@ def test_tests_and_benchmarks_never_use_an_image_name_of_the_demo(
     bench_ports = {"api": free_port(), "postgres": free_port(), "redis": free_port()}
     layout = bench.Layout(tmp_path / "bench", bench_ports, "unused")
     layout.base.mkdir()
-    bench.write_compose_copy(layout)
+    write_demo_compose_copy(layout.working_dir)
     bench.write_stack_file(layout)
     passwords = {"POSTGRES_PASSWORD": "unused", "REDIS_PASSWORD": "unused"}
     bench_env = {**os.environ, **bench.environment(layout, passwords)}
@@ -399,6 +400,17 @@ def test_tests_and_benchmarks_never_use_an_image_name_of_the_demo(
     )
     used["bench_rollback (compose)"] = compose_images(bench_argv, bench_env)
     used["bench_rollback (stack file)"] = stack_images(layout.stacks / "demo.yaml")
+    mttr = load_script("bench_mttr")
+    mttr_layout = mttr.Layout(tmp_path / "mttr", dict(bench_ports))
+    mttr_layout.base.mkdir()
+    write_demo_compose_copy(mttr_layout.working_dir)
+    mttr_stack = mttr.write_stack_file(mttr_layout)
+    mttr_env = {**os.environ, **mttr.demo_env(mttr_layout), **passwords}
+    mttr_argv = compose_base_argv(
+        mttr.PROJECT, mttr_layout.working_dir, ["docker-compose.yml"], ".env"
+    )
+    used["bench_mttr (compose)"] = compose_images(mttr_argv, mttr_env)
+    used["bench_mttr (stack file)"] = stack_images(mttr_stack)
 
     shared = {where: sorted(images & demo) for where, images in used.items() if images & demo}
     assert not shared, f"image names of the demo used by tests or benchmarks: {shared}"

@@ -105,7 +105,8 @@ def test_demo_log_cleanup_fails_and_names_a_container_without_log_limits(
         E2E_PROJECT, demo, ["docker-compose.yml", str(override)], ".env"
     )
     up_worker = ["up", "--detach", "--no-build", "worker"]
-    subprocess.run([*without_limits, *up_worker], env=env, check=True, capture_output=True)
+    started = subprocess.run([*without_limits, *up_worker], env=env, capture_output=True, text=True)
+    assert started.returncode == 0, started.stdout + started.stderr
     try:
         result = deployment.dags_test({}, dag_id="demo__log_cleanup")
         out = _out(result)

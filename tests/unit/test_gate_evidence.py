@@ -1,6 +1,6 @@
 """The rules that end a health gate at once, one by one, on the facts the runtime reports.
 
-The same rules against real containers: tests/integration/test_gate_evidence.py.
+The same rules against real containers: tests/integration/test_gate_on_containers.py.
 """
 
 from __future__ import annotations
