@@ -9,6 +9,7 @@ service under test as a release gate watches what its release restarted.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ COMPOSE_FILE = """
 services:
   crashloop:
     image: {image}
-    command: ["sh", "-c", "echo 'fatal: cannot load settings' >&2; exit 3"]
+    command: ["sh", "-c", "echo 'fatal: cannot load settings (password=hunter2)' >&2; exit 3"]
     restart: unless-stopped
   exits:
     image: {image}
@@ -129,7 +130,8 @@ def test_a_crash_loop_ends_the_gate_in_its_first_rounds(project: ComposeContext)
     event, seconds = gate(project, watch=["crashloop"], timeout=60)
     detail = evidence_of(event)
     assert "code 3" in detail and "crash loop" in detail, detail
-    assert "last output: fatal: cannot load settings" in detail
+    assert "last output: fatal: cannot load settings (password=***" in detail
+    assert "hunter2" not in json.dumps(event)  # alerts and XCom never carry it
     assert event["rounds"] <= 2 and seconds < 5, (event["rounds"], seconds)
 
 

@@ -176,10 +176,13 @@ class ComposeContext:
         return ("127.0.0.1" if wildcard else host), int(host_port)
 
     async def last_output(self, container: str) -> str:
-        """The last line a container wrote (the error a crash loop repeats), or ''."""
+        """The last line a container wrote (the error a crash loop repeats), or ''; it goes
+        into alerts, so what looks like a secret is masked."""
+        from opsflow.runtimes.process import scrub_secrets
+
         code, out, err = await run(["docker", "logs", "--tail", "5", container])
         lines = [line for line in (out + "\n" + err).splitlines() if line.strip()]
-        return _clip(lines[-1]) if code == 0 and lines else ""
+        return _clip(scrub_secrets(lines[-1])) if code == 0 and lines else ""
 
     async def probe_service(self, service: str) -> tuple[bool, str]:
         """Healthy, or running when its container has no healthcheck; else why not."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from opsflow.runtimes.base import ContainerState
+from opsflow.runtimes.process import scrub_secrets
 
 DEFAULT_DOCKER_URL = "unix://var/run/docker.sock"
 
@@ -119,7 +120,7 @@ def state_from_inspect(info: Mapping[str, Any]) -> ContainerState | None:
     checks = health.get("Log") or []
     last_check = ""
     if checks:
-        output = " ".join(str(checks[-1].get("Output", "")).split())
+        output = scrub_secrets(" ".join(str(checks[-1].get("Output", "")).split()))
         last_check = f"exit {checks[-1].get('ExitCode')}" + (f": {output}" if output else "")
     exit_code = state.get("ExitCode")
     return ContainerState(
@@ -131,7 +132,7 @@ def state_from_inspect(info: Mapping[str, Any]) -> ContainerState | None:
         restarts=int(info.get("RestartCount") or 0),
         container_id=str(info.get("Id", "")),
         exit_code=exit_code if isinstance(exit_code, int) else None,
-        error=str(state.get("Error") or ""),
+        error=scrub_secrets(str(state.get("Error") or "")),
         oom_killed=bool(state.get("OOMKilled")),
         created_at=_moment(info.get("Created")),
         started_at=_moment(state.get("StartedAt")),
