@@ -98,7 +98,9 @@ def test_demo_log_cleanup_fails_and_names_a_container_without_log_limits(
     override = deployment.home / "nolimits.yml"
     # !reset drops the base file's logging section: the driver's default, no limits.
     override.write_text("services:\n  worker:\n    logging: !reset {}\n")
-    env = {**deployment.env, "OPSFLOW_VERSION": _running_version(deployment)}
+    # The worker's own release: an earlier module may leave the api on another one, and
+    # the cleanup above may rightly have pruned that release's unused worker image.
+    env = {**deployment.env, "OPSFLOW_VERSION": _worker_version(deployment)}
     demo = REPO_ROOT / "include" / "demo"
     base = compose_base_argv(E2E_PROJECT, demo, ["docker-compose.yml"], ".env")
     without_limits = compose_base_argv(
@@ -117,8 +119,10 @@ def test_demo_log_cleanup_fails_and_names_a_container_without_log_limits(
         subprocess.run([*base, *up_worker], env=env, check=True, capture_output=True)
 
 
-def _running_version(deployment: DemoDeployment) -> str:
-    return str(deployment.get("/version")[1]["version"])
+def _worker_version(deployment: DemoDeployment) -> str:
+    """The release tag of the image the worker container was created from."""
+    rows = deployment.compose("ps", "--all", "--format", "json", "worker").splitlines()
+    return str(json.loads(rows[0])["Image"]).rpartition(":")[2]
 
 
 def test_airflow_log_cleanup_and_metadata_clean(deployment: DemoDeployment) -> None:
