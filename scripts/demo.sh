@@ -411,6 +411,20 @@ read_stack() {
   PROJECT=${lines[0]} BACKUP_DIR=${lines[1]} BACKUP_SCHEDULE=${lines[2]} COMPOSE=("${lines[@]:3}")
 }
 
+# A database volume older than this checkout's .env was initialised with another password
+# (another checkout's demo on this machine uses the same compose project): say so before the
+# migration fails with "password authentication failed".
+warn_foreign_volume() {
+  local volume="${PROJECT}_pgdata" env_file="$REPO/include/demo/.env" created
+  created=$(docker volume inspect --format '{{.CreatedAt}}' "$volume" 2>/dev/null) || return 0
+  [[ -e $env_file ]] || return 0
+  if (($(date -d "$created" +%s) < $(stat -c %Y "$env_file"))); then
+    say "WARNING: volume $volume (created $created) is older than $env_file, so its"
+    say "  database password is probably another checkout's. Use that checkout's .env, or"
+    say "  remove the old data: docker volume rm ${PROJECT}_pgdata ${PROJECT}_redisdata ${PROJECT}_applogs"
+  fi
+}
+
 # ---------------------------------------------------------------------------------- --stop
 if [[ ${1:-} == --stop ]]; then
   status=0
@@ -468,6 +482,7 @@ else
   if [[ -n $RUN_ID ]]; then
     say "demo__deploy run $RUN_ID is not finished yet; waiting for it"
   else
+    warn_foreign_volume
     RUN_ID="demo-deploy-$VERSION-$(date -u +%Y%m%dT%H%M%S)"
     "$AF" dags trigger demo__deploy --run-id "$RUN_ID" --conf "{\"version\": \"$VERSION\"}" >/dev/null
     say "triggered demo__deploy ($RUN_ID) for version $VERSION; the first build takes a few minutes"

@@ -98,9 +98,7 @@ def test_demo_log_cleanup_fails_and_names_a_container_without_log_limits(
     override = deployment.home / "nolimits.yml"
     # !reset drops the base file's logging section: the driver's default, no limits.
     override.write_text("services:\n  worker:\n    logging: !reset {}\n")
-    # The worker's own release: an earlier module may leave the api on another one, and
-    # the cleanup above may rightly have pruned that release's unused worker image.
-    env = {**deployment.env, "OPSFLOW_VERSION": _worker_version(deployment)}
+    env = {**deployment.env, "OPSFLOW_VERSION": _worker_release(deployment)}
     demo = REPO_ROOT / "include" / "demo"
     base = compose_base_argv(E2E_PROJECT, demo, ["docker-compose.yml"], ".env")
     without_limits = compose_base_argv(
@@ -119,10 +117,21 @@ def test_demo_log_cleanup_fails_and_names_a_container_without_log_limits(
         subprocess.run([*base, *up_worker], env=env, check=True, capture_output=True)
 
 
-def _worker_version(deployment: DemoDeployment) -> str:
-    """The release tag of the image the worker container was created from."""
-    rows = deployment.compose("ps", "--all", "--format", "json", "worker").splitlines()
-    return str(json.loads(rows[0])["Image"]).rpartition(":")[2]
+def _worker_release(deployment: DemoDeployment) -> str:
+    """The release the worker container runs, with its tag pointing at that image again.
+
+    An earlier module may leave the api on another release than the worker, or rebuild the
+    worker's release so that its tag moved to a new image while the container keeps the
+    old one (which the cleanup above may then rightly prune). Compose recreates the worker
+    from the tag, so the tag must name the image that runs.
+    """
+    container = f"{E2E_PROJECT}-worker-1"
+    inspect = ["docker", "inspect", "--format", "{{.Config.Image}} {{.Image}}", container]
+    reference, image_id = subprocess.run(
+        inspect, capture_output=True, text=True, check=True
+    ).stdout.split()
+    subprocess.run(["docker", "image", "tag", image_id, reference], check=True)
+    return reference.rpartition(":")[2]
 
 
 def test_airflow_log_cleanup_and_metadata_clean(deployment: DemoDeployment) -> None:
