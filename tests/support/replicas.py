@@ -73,6 +73,11 @@ class Replica:
     files: list[str] = field(default_factory=lambda: ["docker-compose.yml"])
 
     @property
+    def root(self) -> Path:
+        """The test's directory: the replica's copy, stack files, backups, Airflow home."""
+        return self.workdir.parents[2]
+
+    @property
     def state(self) -> Path:
         return Path(self.env["OPSFLOW_STATE_DIR"]) / self.system
 
@@ -172,10 +177,13 @@ def replica(
     env file); ``connections`` become ``AIRFLOW_CONN_*`` variables.
     """
     project = system_project(system)
-    workdir = root / system
+    # The copy keeps the checkout's layout, so build contexts shared with the demo
+    # (``../../../docker/postgres``) resolve the same way there.
+    workdir = root / REPLICAS_DIR.relative_to(REPO_ROOT) / system
     shutil.copytree(
         REPLICAS_DIR / system, workdir, ignore=shutil.ignore_patterns("__pycache__", ".env")
     )
+    (root / "docker").symlink_to(REPO_ROOT / "docker", target_is_directory=True)
     write_env(workdir / ".env", dotenv)
     stacks = root / "stacks"
     stacks.mkdir()

@@ -244,7 +244,7 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(kratos: Rep
 def test_backup_ends_verified_with_every_source_of_the_stack_file(kratos: Replica) -> None:
     at(kratos, "1.0.0")
     post_note(kratos, {"body": "in the backup"})
-    backups = kratos.workdir.parent / "backups"
+    backups = kratos.root / "backups"
     known = {p.parent.name for p in backups.glob("*/manifest.json")}
 
     result = kratos.dags_test("backup", {})
