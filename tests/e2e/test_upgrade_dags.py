@@ -272,6 +272,9 @@ def test_two_upgrade_triggers_never_run_at_the_same_time(upgrades: Upgrades) -> 
     original = upgrades.stack_file.read_text()
     data = yaml.safe_load(original)
     data["services"][0]["health"].append({"kind": "http", "url": gate.url, "expect_status": 200})
+    # The hold lasts while the second `dags test` starts; once Docker calls the release
+    # healthy the gate's deadline is the configured one, so it must outlast that start.
+    data["health_gate"]["timeout"] = "5m"
     upgrades.stack_file.write_text(yaml.safe_dump(data, sort_keys=False))
     first_rest: list[str] = []
     second_rest: list[str] = []

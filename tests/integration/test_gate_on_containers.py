@@ -129,7 +129,10 @@ def test_a_crash_loop_ends_the_gate_in_its_first_rounds(project: ComposeContext)
     time.sleep(1)
     event, seconds = gate(project, watch=["crashloop"], timeout=60)
     detail = evidence_of(event)
-    assert "code 3" in detail and "crash loop" in detail, detail
+    # Caught while Docker waits to restart it (the exit code is known then) or just after a
+    # restart (the count grew): both are the crash loop.
+    assert "crash loop" in detail, detail
+    assert "with code 3" in detail or "restarted" in detail, detail
     assert "last output: fatal: cannot load settings (password=***" in detail
     assert "hunter2" not in json.dumps(event)  # alerts and XCom never carry it
     assert event["rounds"] <= 2 and seconds < 5, (event["rounds"], seconds)
