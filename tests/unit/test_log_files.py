@@ -649,3 +649,34 @@ def test_hundred_thousand_files_in_nested_directories(scratch: Path, now: float)
     assert report.bytes_before == 500_000 and report.bytes_after == 255_000
     remaining = sum(1 for _ in root.glob("t*/s*/*"))
     assert remaining == 51_000
+
+
+# ------------------------------------------------------------------ from the stack file
+
+
+@pytest.mark.parametrize("delete_uncompressed", [False, True])
+def test_a_stack_root_reaches_files_its_application_rotates_itself(
+    tmp_path: Path, now: float, delete_uncompressed: bool
+) -> None:
+    """Backend2's RotatingFileHandler renames app.log.N itself, so opsflow never compresses
+    them: ``delete_after_days`` deletes such plain files only when the stack file's root
+    says ``delete_uncompressed``."""
+    from opsflow.operators.maintenance import root_rule
+    from opsflow.stack.model import LogRoot
+
+    root = LogRoot(
+        path=str(tmp_path),
+        patterns=["app.log.*"],
+        delete_after_days=30,
+        delete_uncompressed=delete_uncompressed,
+    )
+    stale = make(tmp_path / "app.log.11", age_days=40, now=now)
+    recent = make(tmp_path / "app.log.1", age_days=2, now=now)
+    other = make(tmp_path / "access.log.1", age_days=40, now=now)
+
+    report = clean_root(tmp_path, root_rule(root), dry_run=False, now=now, open_files=frozenset())
+
+    assert report.status == "ok"
+    assert stale.exists() is not delete_uncompressed
+    assert recent.exists() and other.exists()
+    assert report.deleted == int(delete_uncompressed)

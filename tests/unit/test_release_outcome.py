@@ -211,7 +211,36 @@ def test_a_long_error_never_cuts_off_how_the_run_ended() -> None:
     facts = StepFacts(failure=("verify", f"health gate failed: {body}"), rollback="ok",
                       rollback_verify_ok=True)  # fmt: skip
     _, alert = settle(facts, running(OLD))
-    assert alert is not None and alert.endswith("...; rolled back to 1.1.0; healthy")
+    assert alert is not None and alert.endswith("xxx; rolled back to 1.1.0; healthy")
+    assert "failed at verify with health gate failed: xxx" in alert and " ... " in alert
     # What the notifier sends (type name and all) still ends with the outcome.
     sent = error_first_line(RuntimeError(alert))
     assert len(sent) <= ERROR_MAX_CHARS and sent.endswith("rolled back to 1.1.0; healthy")
+
+
+def test_a_long_error_keeps_its_cause_at_the_end() -> None:
+    """A crash-looping worker's evidence says why only at its end (Backend2's replica: the
+    container's last output line after the service, container and restart count)."""
+    evidence = (
+        "health gate failed after 2s (conclusive evidence from the runtime): service "
+        "worker-lumina: opsflow-sys-backend2-worker-lumina-1 exited with code 2 and is "
+        "restarting (restart 1): a crash loop; service "
+        "worker-standard: opsflow-sys-backend2-worker-standard-1 exited with code 2 and is "
+        "restarting (restart 2): a crash loop; last output: ModuleNotFoundError: No module "
+        "named 'lumina_sdk'"
+    )
+    facts = StepFacts(failure=("verify", evidence), rollback="ok", rollback_verify_ok=True)
+
+    _, alert = settle(facts, running(OLD))
+
+    assert alert is not None
+    assert alert.startswith(
+        "upgrade demo 1.1.0 -> 1.1.1 failed at verify with health gate failed after 2s "
+        "(conclusive evidence from the runtime): service worker-lumina: "
+        "opsflow-sys-backend2-worker-lumina-1 exited with code 2"
+    )
+    assert alert.endswith(
+        "a crash loop; last output: ModuleNotFoundError: No module named 'lumina_sdk'; "
+        "rolled back to 1.1.0; healthy"
+    )
+    assert " ... " in alert and len(alert) < len(evidence) + 100

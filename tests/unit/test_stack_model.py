@@ -365,6 +365,11 @@ BAD_VALUES: list[tuple[str, Callable[[dict[str, Any]], object], list[str]]] = [
         ["logs.roots[0].max_total_size:", "(got 'lots')"],
     ),
     (
+        "log root deleting plain files without an age",
+        _set("logs", {"roots": [{"path": "/var/log/shop", "delete_uncompressed": True}]}),
+        ["logs.roots[0].delete_uncompressed: needs delete_after_days", "(got True)"],
+    ),
+    (
         "bad email address",
         _set("alerts", [{"kind": "email", "to": ["ops-at-example.com"]}]),
         ["alerts[0].to: not an email address: 'ops-at-example.com'"],

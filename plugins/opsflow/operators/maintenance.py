@@ -83,6 +83,7 @@ def root_rule(root: LogRoot) -> Any:
         patterns=tuple(root.patterns),
         compress_after_days=root.compress_after_days,
         delete_after_days=root.delete_after_days,
+        delete_uncompressed=root.delete_uncompressed,
         max_total_bytes=parse_size(root.max_total_size) if root.max_total_size else None,
         min_age_minutes=root.min_age_minutes,
         compression=root.compression,

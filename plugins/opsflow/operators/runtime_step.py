@@ -24,7 +24,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from opsflow.operators.release import entry_id
 from opsflow.operators.steps import StepOperator, StepRecord, run_stack
 from opsflow.releases.ledger import Ledger, LedgerEntry
-from opsflow.runtimes.base import Runtime
+from opsflow.runtimes.base import Runtime, RuntimeFailure
 from opsflow.runtimes.evidence import conclusive
 from opsflow.runtimes.process import CommandFailed
 from opsflow.runtimes.registry import runtime_for
@@ -66,6 +66,8 @@ class RuntimeStepOperator(StepOperator):
         record.commands = [shlex.join(argv) for argv in commands]
         ledger = Ledger(self.stack_name)
         entry = None if record.dry_run else ledger.get(entry_id(context))
+        if self.step in ("migrate", "start"):
+            self._prepare_config(runtime, record)
         if entry is not None and self.step == "migrate":
             self._note_migration_start(ledger, entry)
         steps: list[list[str] | None] = [*commands] if commands else [None]
@@ -79,6 +81,17 @@ class RuntimeStepOperator(StepOperator):
         if entry is not None:
             self._note_done(ledger, entry, record)
         return {"images": record.images}
+
+    def _prepare_config(self, runtime: Runtime, record: StepRecord) -> None:
+        """Config files made from examples must exist before a container of the release
+        reads them (the migration's one-off container too)."""
+        try:
+            lines = runtime.prepare_config(dry_run=record.dry_run)
+        except RuntimeFailure as failed:
+            raise AirflowFailException(f"{self.step} of {self.stack_name}: {failed}") from None
+        for line in lines:
+            self.log.info("Config from example: %s", line)
+        record.lines += [f"config {line}" for line in lines]
 
     def _cannot_start(self, runtime: Runtime) -> bool:
         """Whether the runtime shows a failed start is a verdict (a container that cannot

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 NOT_RUNNING = "not running"
 # An alert must fit the notifier's bound with its end intact ("...; healthy", "human
 # needed"): each variable part is clipped on its own.
-ERROR_CHARS = 200
+ERROR_CHARS = 280
 ROLLBACK_ERROR_CHARS = 80
 RUNNING_CHARS = 100
 
@@ -24,6 +24,18 @@ RUNNING_CHARS = 100
 def clip(text: str | None, limit: int) -> str:
     text = " ".join(str(text or "").split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip_middle(text: str | None, limit: int) -> str:
+    """Like :func:`clip`, but the middle goes: an error's first words say what failed and
+    its last ones why (a tool's final line, a crash-looping container's ``last output:
+    ...``), so both ends stay."""
+    text = " ".join(str(text or "").split())
+    if len(text) <= limit:
+        return text
+    keep = limit - len(" ... ")
+    head = keep * 3 // 5  # what failed, and where, is the longer part
+    return f"{text[:head]} ... {text[len(text) - (keep - head) :]}"
 
 
 class RunningContainer(Protocol):
@@ -174,7 +186,7 @@ class Settled:
             return None
         head = (
             f"upgrade {stack} {previous or '?'} -> {target} failed at {self.failed_task} "
-            f"with {clip(self.error or 'no error recorded', ERROR_CHARS)}"
+            f"with {clip_middle(self.error or 'no error recorded', ERROR_CHARS)}"
         )
         running = clip(self.running, RUNNING_CHARS)
         if self.outcome == "rolled-back":

@@ -133,6 +133,12 @@ class Runtime(ABC):
     def config_paths(self) -> list[tuple[str, Path]]:
         """The config files that make up a release, by archive name."""
 
+    def prepare_config(self, *, dry_run: bool = False) -> list[str]:
+        """Create the config files a release needs before it starts and that the stack
+        makes from examples; lines saying what was (or, dry, would be) done. Nothing by
+        default: a runtime without such files has nothing to prepare."""
+        return []
+
     @abstractmethod
     def unhealthy_window(self, version: str, services: Sequence[str] | None = None) -> float:
         """Seconds after which the runtime itself would call one of ``services`` (all

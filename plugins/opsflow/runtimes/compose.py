@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from opsflow.runtimes.compose_probe import ComposeContext, compose_base_argv, pa
 from opsflow.runtimes.process import LineLogger, ProcessRunner
 from opsflow.stack.loader import resolve_working_dir
 from opsflow.stack.model import ComposeRuntime, Stack, check_version
+from opsflow.stack.safety import run_time_problem
 
 STEPS = ("fetch", "migrate", "start", "stop", "resume")
 CAPTURE_TIMEOUT = 60.0
@@ -176,10 +179,17 @@ class ComposeProject(Runtime):
         self.run_argv(argv, new_version, log, timeout=migration.timeout.total_seconds())
 
     def pullable(self, reference: str, log: LineLogger) -> bool:
-        # Only asks the registry for the manifest; nothing is downloaded.
-        probe = ProcessRunner(log=log, cwd=self.working_dir)
-        return probe.run(["docker", "manifest", "inspect", reference], timeout=60,
-                         check=False).returncode == 0  # fmt: skip
+        """Whether the registry has ``reference``: the engine that will pull it asks for
+        the manifest only (``runtimes.engine.registry_manifest``); nothing is downloaded."""
+        from opsflow.runtimes.engine import registry_manifest
+
+        try:
+            digest = registry_manifest(reference)
+        except LookupError as error:
+            log.info("%s is not pullable: %s", reference, error)
+            return False
+        log.info("%s is in its registry (%s)", reference, digest or "no digest given")
+        return True
 
     def _capture(self, argv: list[str], version: str) -> str:
         completed = subprocess.run(
@@ -258,6 +268,51 @@ class ComposeProject(Runtime):
             path = Path(listed) if Path(listed).is_absolute() else self.working_dir / listed
             paths.append((f"config/{listed.lstrip('/')}", path))
         return paths
+
+    def prepare_config(self, *, dry_run: bool = False) -> list[str]:
+        """Copy each missing ``runtime.config_from_examples`` file from its example, as
+        the system's guide has the operator do (``cp config.example.yaml config.yaml``),
+        with the example's mode. An existing file is the operator's and is kept as it is
+        (a link would make a race lose, not overwrite); a missing example is an error
+        naming both paths, and so is a target whose directory now leads into a system
+        directory."""
+        lines = []
+        for index, item in enumerate(self.runtime.config_from_examples):
+            where = f"runtime.config_from_examples[{index}]"
+            target, example = self.working_dir / item.file, self.working_dir / item.example
+            if target.exists() or target.is_symlink():
+                lines.append(f"{item.file}: exists, kept as it is")
+                continue
+            # The file is written where its directory leads; the example is read where
+            # it leads, links and all.
+            written = str(Path(os.path.realpath(target.parent)) / target.name)
+            for key, problem in (
+                ("file", run_time_problem(target, written)),
+                ("example", run_time_problem(example)),
+            ):
+                if problem is not None:
+                    raise RuntimeFailure(f"{where}.{key}: refused: {problem}")
+            if not example.is_file():
+                raise RuntimeFailure(
+                    f"{where}: {target} is missing and so is its example {example}: "
+                    f"nothing to create it from"
+                )
+            if dry_run:
+                lines.append(f"{item.file}: missing, would be created from {item.example}")
+                continue
+            mode = stat.S_IMODE(example.stat().st_mode)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+            shutil.copyfile(example, tmp)
+            try:
+                tmp.chmod(mode)
+                os.link(tmp, target)  # never replaces a file that appeared meanwhile
+            except FileExistsError:
+                lines.append(f"{item.file}: appeared meanwhile, kept as it is")
+                continue
+            finally:
+                tmp.unlink(missing_ok=True)
+            lines.append(f"{item.file}: created from {item.example} (mode {mode:o})")
+        return lines
 
     def unhealthy_window(self, version: str, services: Sequence[str] | None = None) -> float:
         from opsflow.runtimes.compose_window import compose_unhealthy_window

@@ -64,6 +64,26 @@ def split_reference(reference: str) -> tuple[str, str]:
     return repository, tag
 
 
+def registry_manifest(reference: str) -> str | None:
+    """The digest a registry holds for ``reference`` (``None`` when it names none), asked
+    through the engine, which downloads nothing; ``LookupError`` with the engine's reason
+    when the registry does not have it or cannot be reached.
+
+    The engine is what pulls, so its own registry settings decide, as they will for the
+    pull: a plain-HTTP registry it trusts (127.0.0.0/8 by default, ``insecure-registries``)
+    is reachable here too, where ``docker manifest inspect`` would insist on TLS.
+    """
+    from airflow.providers.docker.hooks.docker import DockerHook
+    from docker.errors import APIError
+
+    client = DockerHook(docker_conn_id=None, base_url=docker_url()).api_client
+    try:
+        found = client.inspect_distribution(reference)
+    except APIError as error:
+        raise LookupError(scrub_secrets(str(error.explanation or error))) from None
+    return str((found.get("Descriptor") or {}).get("digest") or "") or None
+
+
 def tag_image(image_id: str, reference: str) -> None:
     """Point ``reference`` at the image ``image_id`` (which must exist locally)."""
     from airflow.providers.docker.hooks.docker import DockerHook

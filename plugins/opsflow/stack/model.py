@@ -201,6 +201,21 @@ def stack_rule_error(path: str, message: str, value: Any) -> PydanticCustomError
 # --------------------------------------------------------------------------- runtimes
 
 
+class ConfigFromExample(Strict):
+    """A config file a system ships only as an example (``cp config.example.yaml
+    config.yaml``): it must exist before the release starts, and once it exists it is the
+    operator's (edited, holding secrets), so it is created once and never overwritten."""
+
+    file: RelativePath
+    example: RelativePath
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ConfigFromExample:
+        if PurePosixPath(self.file) == PurePosixPath(self.example):
+            raise stack_rule_error("example", "must be another file than `file`", self.example)
+        return self
+
+
 class ComposeRuntime(Strict):
     """A Docker Compose v2 project driven through the ``docker compose`` CLI."""
 
@@ -211,6 +226,7 @@ class ComposeRuntime(Strict):
     env_file: PlainPath | None = None
     images: Literal["build", "pull"] = "build"
     version_variable: str = Field(default="OPSFLOW_VERSION", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    config_from_examples: list[ConfigFromExample] = Field(default_factory=list)
 
 
 class KubernetesRuntime(Strict):
@@ -389,6 +405,9 @@ class LogRoot(Strict):
     patterns: list[str] = Field(default_factory=lambda: ["*.log"], min_length=1)
     compress_after_days: int | None = Field(default=None, ge=0)
     delete_after_days: int | None = Field(default=None, ge=0)
+    # Files an application rotates itself (RotatingFileHandler's app.log.1 ... app.log.10)
+    # are never compressed here; without this, delete_after_days would never reach them.
+    delete_uncompressed: bool = False
     max_total_size: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*[KMGT]?i?B?$")
     compression: Literal["gzip", "zstd"] = "gzip"
     min_age_minutes: int = Field(default=10, ge=0)
@@ -409,6 +428,12 @@ class LogRoot(Strict):
                 raise stack_rule_error(
                     f"patterns[{index}]", "a pattern must stay inside its root", pattern
                 )
+        if self.delete_uncompressed and self.delete_after_days is None:
+            raise stack_rule_error(
+                "delete_uncompressed",
+                "needs delete_after_days (the age after which plain files are deleted)",
+                self.delete_uncompressed,
+            )
         return self
 
 

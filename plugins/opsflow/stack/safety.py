@@ -215,6 +215,10 @@ def stack_path_problems(stack: Stack, stack_dir: Path) -> list[str]:
             env_path = under_working(runtime.env_file)
             assert env_path is not None
             check("runtime.env_file", runtime.env_file, env_path)
+        for index, item in enumerate(runtime.config_from_examples):
+            field = f"runtime.config_from_examples[{index}]"
+            check(f"{field}.file", item.file, Path(working) / item.file)
+            check(f"{field}.example", item.example, Path(working) / item.example)
     if stack.backup.local_dir:
         check("backup.local_dir", stack.backup.local_dir, Path(stack.backup.local_dir))
     for index, listed in enumerate(stack.backup.sources.files):
