@@ -40,6 +40,10 @@ have_docker_cli() { command -v docker >/dev/null 2>&1; }
 docker_answers() { have_docker_cli && docker info >/dev/null 2>&1; }
 have_compose_v2() { have_docker_cli && docker compose version >/dev/null 2>&1; }
 have_base_image() { docker_answers && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; }
+# A real image registry for stacks whose images are pulled (the EchoMind replica's test
+# runs its own on 127.0.0.1): Debian's docker-registry (distribution 2.8).
+REGISTRY_BIN=/usr/bin/docker-registry
+have_registry() { [[ -x $REGISTRY_BIN ]]; }
 
 is_debian() {
     [[ -r /etc/os-release ]] || return 1
@@ -55,6 +59,7 @@ missing_items() {
     docker_answers || echo "a running Docker daemon (docker info does not answer)"
     have_compose_v2 || echo "Docker Compose v2 plugin (docker compose version fails)"
     have_base_image || echo "base image $BASE_IMAGE"
+    have_registry || echo "image registry $REGISTRY_BIN (Debian package docker-registry)"
 }
 
 install_docker_engine() {
@@ -109,6 +114,29 @@ install_compose_v2() {
     log "installed $(docker compose version)"
 }
 
+# The package's own service would listen on :5000 on every interface: a policy-rc.d that
+# refuses every start keeps it stopped while it installs (one already there is left alone).
+install_registry() {
+    if have_registry; then
+        log "image registry present: $REGISTRY_BIN"
+        return 0
+    fi
+    log "installing docker-registry via apt (its service is not started)"
+    local policy=/usr/sbin/policy-rc.d ours=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# setup-docker.sh: no service starts while packages install\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        ours=1
+    fi
+    local status=0
+    apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            docker-registry >/dev/null || status=$?
+    [[ -z $ours ]] || rm -f "$policy"
+    ((status == 0)) || die "apt-get install docker-registry failed (exit $status)"
+    have_registry || die "docker-registry installed but $REGISTRY_BIN is missing"
+}
+
 main() {
     local -a missing
     mapfile -t missing < <(missing_items)
@@ -128,6 +156,7 @@ main() {
     install_docker_engine
     start_dockerd
     install_compose_v2
+    install_registry
     "$SCRIPT_DIR/build-base-image.sh"
     mapfile -t missing < <(missing_items)
     if ((${#missing[@]} > 0)); then

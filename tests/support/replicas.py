@@ -170,11 +170,13 @@ def replica(
     overlay: dict[str, Any],
     connections: dict[str, dict[str, Any]],
     allowed_root: Path,
+    files: tuple[str, ...] = ("docker-compose.yml",),
 ) -> Iterator[Replica]:
     """The replica copied to ``root``, its overlay stack file and a migrated Airflow home.
 
     ``overlay`` is merged into ``extends``/``runtime`` written here (project, working dir,
-    env file); ``connections`` become ``AIRFLOW_CONN_*`` variables.
+    env file); ``connections`` become ``AIRFLOW_CONN_*`` variables; ``files`` are the
+    compose files of the replica's helpers (the stack file's own, where it names others).
     """
     project = system_project(system)
     # The copy keeps the checkout's layout, so build contexts shared with the demo
@@ -219,7 +221,7 @@ def replica(
         [str(AIRFLOW_CLI), "db", "migrate"], env=env, capture_output=True, text=True, check=False
     )
     assert migrate.returncode == 0, migrate.stderr[-2000:]
-    deployed = Replica(system, project, workdir, stack_file, home, env, ports)
+    deployed = Replica(system, project, workdir, stack_file, home, env, ports, list(files))
     deployed.down()
     try:
         yield deployed
