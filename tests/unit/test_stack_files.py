@@ -132,12 +132,18 @@ def test_echomind() -> None:
     assert stack.runtime.files == ["deploy/docker-compose.prod.yml"]
     assert "6380:6379" in stack.service("redis").ports
     backend = stack.service("server").health[0]
-    assert isinstance(backend, HttpCheck) and backend.url.endswith(":8080/health")
+    assert isinstance(backend, HttpCheck) and backend.path == "/health"
+    assert backend.endpoint is not None
+    assert (backend.endpoint.service, backend.endpoint.port) == ("server", 8080)
+    assert [(c.file, c.example) for c in stack.runtime.config_from_examples] == [
+        ("backend/configs/config.yaml", "backend/configs/config.example.yaml"),
+        ("backend/configs/logger.yaml", "backend/configs/logger.example.yaml"),
+    ]
     assert stack.backup.sources.postgres[0].database == "echomind_db"
     assert stack.backup.sources.redis
     (root,) = stack.logs.roots
     assert root.delete_after_days == 30
-    assert stack.migration is None
+    assert stack.migration is not None and stack.migration.service == "server"
 
 
 def test_kratos() -> None:
