@@ -144,6 +144,21 @@ def test_upgrade_rolls_back_after_the_snapshot_and_always_unlocks(dagbag: Any) -
     assert dag.get_task("rollback_verify").trigger_rule == "all_success"
 
 
+def test_an_upgrade_whose_guide_goes_down_first_takes_the_old_release_down_after_the_backup(
+    dagbag: Any,
+) -> None:
+    # WeKnora's guide: back up, `docker-compose down`, build, `migrate.sh up`, start.
+    dag = dagbag.dags["weknora__upgrade"]
+    assert [t.task_id for t in dag.topological_sort()][:9] == [
+        "lock", "preflight", "snapshot", "build", "pre_upgrade_backup", "down", "migrate",
+        "start", "verify",
+    ]  # fmt: skip
+    assert dag.get_task("down").trigger_rule == "none_failed"
+    assert "down" in dag.get_task("rollback").step_task_ids
+    assert "`down`" in (dag.doc_md or "")
+    assert "down" not in dagbag.dags["demo__upgrade"].task_ids
+
+
 def test_every_stack_changing_dag_takes_the_stack_lock_first(dagbag: Any) -> None:
     for kind in ("deploy", "upgrade", "rollback", "restore"):
         dag = dagbag.dags[f"demo__{kind}"]

@@ -48,6 +48,12 @@ def test_every_command_names_the_project_and_its_files(project: ComposeProject) 
         assert argv[: len(base)] == base
 
 
+def test_down_removes_the_containers_and_keeps_the_volumes(project: ComposeProject) -> None:
+    (down,) = project.commands("down", "1.2.3")
+    assert down[: len(project.base_argv())] == project.base_argv()
+    assert down[len(project.base_argv()) :] == ["down", "--remove-orphans"]
+
+
 def test_release_commands(project: ComposeProject) -> None:
     assert project.build_argv()[-1] == "build"
     assert project.migrate_argv()[-6:] == ["--rm", "--no-TTY", "api", "alembic", "upgrade", "head"]

@@ -42,7 +42,7 @@ there is disk for the backup |
 | `{fetch}` | the new release's images, before any backup: a release that cannot be \
 {fetched} changes nothing |
 | `pre_upgrade_backup` | backs up {databases} (the nightly backup's pipeline) |
-| `migrate` / `start` / `verify` | as in `{stack}__deploy`; the gate needs \
+{down_row}| `migrate` / `start` / `verify` | as in `{stack}__deploy`; the gate needs \
 {consecutive} all-green rounds in a row, one lucky round never passes it |
 | `rollback` | always runs; unless the new release passed its gate and is what runs (asked \
 the engine): stops it, puts back the old images and config, restores the databases from \
@@ -72,9 +72,17 @@ def build_upgrade_dag(stack: Stack) -> DAG:
     fetch_step = runtime_for(stack).fetch_step
     names = [source.name for source in stack.backup.sources.postgres]
     migration = stack.migration
+    down_first = bool(getattr(stack.runtime, "down_before_upgrade", False))
     doc = render_doc(
         UPGRADE_DOC,
         stack,
+        down_row=(
+            "| `down` | the running release's containers stop and are removed (volumes "
+            f"kept), as the stack's guide does before new images start: "
+            f"{runtime_for(stack).describe('down')} |\n"
+            if down_first
+            else ""
+        ),
         fetch=fetch_step,
         fetched=FETCHED[fetch_step],
         databases=", ".join(f"`{n}`" for n in names) or "nothing (no PostgreSQL source)",
@@ -107,6 +115,13 @@ def build_upgrade_dag(stack: Stack) -> DAG:
         # backup and changes nothing.
         fetch = RuntimeStepOperator(task_id=fetch_step, step="fetch", **release)
         backup = PreUpgradeBackupOperator(task_id="pre_upgrade_backup", **release)
+        # The guide's `docker-compose down` before the new images start (after the backup,
+        # which needs the database up; the migration's run starts what it depends on).
+        down = (
+            RuntimeStepOperator(task_id="down", step="down", trigger_rule="none_failed", **release)
+            if down_first
+            else None
+        )
         # A stack without PostgreSQL sources skips the backup on purpose.
         migrate = RuntimeStepOperator(
             task_id="migrate", step="migrate", trigger_rule="none_failed", **release
@@ -115,8 +130,8 @@ def build_upgrade_dag(stack: Stack) -> DAG:
         verify = gate_sensor(
             stack, task_id="verify", version=version, dry_run=dry_run, on_failure_callback=None
         )
-        upgrade_steps = ["preflight", "snapshot", fetch_step, "pre_upgrade_backup", "migrate",
-                         "start", "verify"]  # fmt: skip
+        upgrade_steps = ["preflight", "snapshot", fetch_step, "pre_upgrade_backup",
+                         *(["down"] if down else []), "migrate", "start", "verify"]  # fmt: skip
         rollback = UpgradeRollbackOperator(
             task_id="rollback", step_task_ids=upgrade_steps, **release
         )
@@ -138,6 +153,11 @@ def build_upgrade_dag(stack: Stack) -> DAG:
                            "unlock"],
             **release,
         )  # fmt: skip
-        lock >> preflight >> snapshot >> fetch >> backup >> migrate >> start >> verify
+        lock >> preflight >> snapshot >> fetch >> backup
+        if down is not None:
+            backup >> down >> migrate
+        else:
+            backup >> migrate
+        migrate >> start >> verify
         verify >> rollback >> rollback_verify >> record >> unlock >> summary
     return dag

@@ -1,5 +1,6 @@
-"""The runtime steps of a release (fetch its images, migrate, start), in a deploy or an
-upgrade, through whatever runtime the stack uses.
+"""The runtime steps of a release (fetch its images, migrate, start; in an upgrade of a
+stack with ``runtime.down_before_upgrade``, first take the running release down), in a
+deploy or an upgrade, through whatever runtime the stack uses.
 
 A build, pull or migration that ran and failed is a verdict and is not retried; Airflow
 retries only what failed before it ran, and a ``start`` that failed without conclusive
@@ -30,8 +31,8 @@ from opsflow.runtimes.process import CommandFailed
 from opsflow.runtimes.registry import runtime_for
 from opsflow.stack.model import check_version
 
-Step = Literal["fetch", "migrate", "start"]
-STEPS: tuple[Step, ...] = ("fetch", "migrate", "start")
+Step = Literal["fetch", "down", "migrate", "start"]
+STEPS: tuple[Step, ...] = ("fetch", "down", "migrate", "start")
 MIGRATION_STARTED = "migration started"
 MIGRATION_FINISHED = "migration finished"
 

@@ -158,7 +158,7 @@ class Runtime(ABC):
 
     @abstractmethod
     def commands(self, step: str, version: str, services: Sequence[str] = ()) -> list[list[str]]:
-        """The argv of ``step`` (fetch, migrate, start, stop, resume) for ``version``;
+        """The argv of ``step`` (fetch, migrate, start, stop, resume, down) for ``version``;
         empty when the step has nothing to do (no migration declared)."""
 
     @abstractmethod

@@ -27,7 +27,7 @@ from opsflow.stack.loader import resolve_working_dir
 from opsflow.stack.model import ComposeRuntime, Stack, check_version
 from opsflow.stack.safety import run_time_problem
 
-STEPS = ("fetch", "migrate", "start", "stop", "resume")
+STEPS = ("fetch", "migrate", "start", "stop", "resume", "down")
 CAPTURE_TIMEOUT = 60.0
 
 __all__ = ["ComposeProject", "compose_base_argv", "parse_ps"]
@@ -120,6 +120,8 @@ class ComposeProject(Runtime):
             "image tags",
             "stop": "`docker compose stop` of the services",
             "resume": "`docker compose start` of the services, as they were",
+            "down": "`docker compose down --remove-orphans` (volumes kept): every container "
+            "of the running release stops and is removed",
         }.get(step, f"`docker compose` {step}")
 
     def commands(self, step: str, version: str, services: Sequence[str] = ()) -> list[list[str]]:
@@ -135,6 +137,8 @@ class ComposeProject(Runtime):
             argv = self.up_argv()
         elif step == "stop":
             argv = self.stop_argv(services)
+        elif step == "down":
+            argv = self.down_argv()
         else:
             argv = self.start_argv(services)
         return [argv] if argv else []

@@ -227,6 +227,9 @@ class ComposeRuntime(Strict):
     images: Literal["build", "pull"] = "build"
     version_variable: str = Field(default="OPSFLOW_VERSION", pattern=r"^[A-Z_][A-Z0-9_]*$")
     config_from_examples: list[ConfigFromExample] = Field(default_factory=list)
+    # A guide whose upgrade starts with `docker-compose down`: the running release's
+    # containers go (volumes stay) after the pre-upgrade backup, before the migration.
+    down_before_upgrade: bool = False
 
 
 class KubernetesRuntime(Strict):
