@@ -201,7 +201,10 @@ def test_weknora() -> None:
     assert stack.migration is not None and stack.migration.tool == "golang-migrate"
     assert stack.migration.command[-1] == "up"
     docreader = [c for c in stack.service("docreader").health if isinstance(c, GrpcCheck)]
-    assert docreader and docreader[0].target.endswith(":50051")
+    assert docreader and docreader[0].endpoint is not None
+    assert (docreader[0].endpoint.service, docreader[0].endpoint.port) == ("docreader", 50051)
+    # The guide's upgrade: `docker-compose down` before the new images start.
+    assert isinstance(stack.runtime, ComposeRuntime) and stack.runtime.down_before_upgrade
     assert stack.backup.sources.buckets, "MinIO is mirrored"
     assert "config/config.yaml" in stack.backup.sources.files
     assert stack.backup.s3 is not None

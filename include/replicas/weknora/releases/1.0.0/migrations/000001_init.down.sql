@@ -1,0 +1,3 @@
+DROP TABLE knowledges;
+DROP TABLE knowledge_bases;
+DROP TABLE tenants;

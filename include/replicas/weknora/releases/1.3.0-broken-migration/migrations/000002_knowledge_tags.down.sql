@@ -1,0 +1,2 @@
+ALTER TABLE knowledges DROP COLUMN tag;
+DROP TABLE tags;
