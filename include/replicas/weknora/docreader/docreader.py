@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc.health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 RELEASE = json.loads(Path("/app/release.json").read_text())
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 import grpc
-from grpc.health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def main(argv: list[str]) -> int:
