@@ -12,4 +12,6 @@ from support.receivers import http_receiver, smtp_server
 from support.s3 import s3_server
 from support.servers import health_http_server
 
+pytest_plugins = ["support.timing"]
+
 __all__ = ["health_http_server", "http_receiver", "s3_server", "smtp_server"]
