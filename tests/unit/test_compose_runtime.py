@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from opsflow.operators.maintenance import root_path
 from opsflow.runtimes.compose import ComposeProject, parse_ps
 from opsflow.runtimes.process import CommandFailed, ProcessRunner
 from opsflow.stack.loader import parse_stack
@@ -52,6 +53,33 @@ def test_down_removes_the_containers_and_keeps_the_volumes(project: ComposeProje
     (down,) = project.commands("down", "1.2.3")
     assert down[: len(project.base_argv())] == project.base_argv()
     assert down[len(project.base_argv()) :] == ["down", "--remove-orphans"]
+
+
+def test_relative_paths_of_the_stack_file_lie_under_the_working_dir(tmp_path: Path) -> None:
+    """A checkout's ``logs/`` and config files follow the checkout to another machine."""
+    working = tmp_path / "shop"
+    roots = [
+        {"path": "logs/nginx"},
+        {"path": "logs", "subdir": "api"},
+        {"path": "/var/log/opsflow/shop"},
+    ]
+    stack = parse_stack(
+        {
+            **STACK,
+            "runtime": {**STACK["runtime"], "working_dir": str(working)},  # type: ignore[dict-item]
+            "logs": {"roots": roots},
+            "backup": {
+                "local_dir": "/var/backups/opsflow/shop",
+                "sources": {"files": ["conf/a.yaml"]},
+            },
+        },
+        tmp_path / "shop.yaml",
+    )
+    assert [root_path(stack, root) for root in stack.logs.roots] == [
+        working / "logs" / "nginx", working / "logs" / "api", Path("/var/log/opsflow/shop"),
+    ]  # fmt: skip
+    paths = dict(ComposeProject.for_stack(stack).config_paths())
+    assert paths["config/conf/a.yaml"] == working / "conf" / "a.yaml"
 
 
 def test_release_commands(project: ComposeProject) -> None:

@@ -90,10 +90,13 @@ def root_rule(root: LogRoot) -> Any:
     )
 
 
-def root_path(root: LogRoot) -> Path:
-    """Host path of a log root; a named volume's comes from the Docker Engine."""
+def root_path(stack: Stack, root: LogRoot) -> Path:
+    """Host path of a log root (a relative one under the runtime's working dir); a named
+    volume's comes from the Docker Engine."""
     if root.path is not None:
-        base = Path(root.path)
+        from opsflow.runtimes.registry import runtime_for
+
+        base = runtime_for(stack).host_path(root.path)
     else:
         from opsflow.runtimes.engine import volume_mountpoint
 
@@ -111,7 +114,7 @@ class StackLogFilesOperator(MaintenanceStepOperator):
             record.detail = "the stack declares no log roots"
             return []
         roots = [
-            (root.path or f"volume:{root.volume}", root_path(root), root_rule(root))
+            (root.path or f"volume:{root.volume}", root_path(stack, root), root_rule(root))
             for root in stack.logs.roots
         ]
         return clean_roots(roots, dry_run=record.dry_run, record=record)

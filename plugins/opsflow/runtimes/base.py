@@ -133,6 +133,16 @@ class Runtime(ABC):
     def config_paths(self) -> list[tuple[str, Path]]:
         """The config files that make up a release, by archive name."""
 
+    def host_path(self, listed: str) -> Path:
+        """Where a path the stack file names lies on the host: absolute as written; a
+        relative one needs a runtime that works in a directory (compose's working dir)."""
+        if Path(listed).is_absolute():
+            return Path(listed)
+        raise RuntimeFailure(
+            f"stack {self.stack.name}: {listed!r} is relative, and the {self.kind} runtime "
+            "has no working dir to resolve it in"
+        )
+
     def prepare_config(self, *, dry_run: bool = False) -> list[str]:
         """Create the config files a release needs before it starts and that the stack
         makes from examples; lines saying what was (or, dry, would be) done. Nothing by

@@ -269,9 +269,11 @@ class ComposeProject(Runtime):
             env = self.runtime.env_file
             paths.append((f"compose/{env}", self.working_dir / env))
         for listed in self.stack.backup.sources.files:
-            path = Path(listed) if Path(listed).is_absolute() else self.working_dir / listed
-            paths.append((f"config/{listed.lstrip('/')}", path))
+            paths.append((f"config/{listed.lstrip('/')}", self.host_path(listed)))
         return paths
+
+    def host_path(self, listed: str) -> Path:
+        return Path(listed) if Path(listed).is_absolute() else self.working_dir / listed
 
     def prepare_config(self, *, dry_run: bool = False) -> list[str]:
         """Copy each missing ``runtime.config_from_examples`` file from its example, as

@@ -401,7 +401,9 @@ class Backup(Strict):
 class LogRoot(Strict):
     """A directory of log files: a host path, or the host path of a named volume."""
 
-    path: AbsolutePath | None = None
+    # Absolute, or relative to the runtime's working dir (a checkout's ``logs/``), so a
+    # stack file stays right on a machine where the checkout lives elsewhere.
+    path: PlainPath | None = None
     # Docker volume names; a stack may only name its compose project's (``<project>_...``).
     volume: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
     subdir: str = ""

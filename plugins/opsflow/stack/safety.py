@@ -43,6 +43,7 @@ _ROOT = PurePosixPath("/")
 _TOP_LEVEL_LIB = re.compile(r"lib\w*")  # /lib, /lib32, /lib64, /libx32
 # Docker's default data root: a named volume's data is ``<this>/<name>/_data``.
 DOCKER_VOLUMES_DIR = PurePosixPath("/var/lib/docker/volumes")
+NEEDS_WORKING_DIR = "a relative path needs the compose runtime's working dir"
 
 
 class PathRefused(OpsflowError, ValueError):
@@ -225,17 +226,18 @@ def stack_path_problems(stack: Stack, stack_dir: Path) -> list[str]:
         field = f"backup.sources.files[{index}]"
         file_path = under_working(listed)
         if file_path is None:
-            problems.append(
-                f"{field}: a relative path needs the compose runtime's working dir (got {listed!r})"
-            )
+            problems.append(f"{field}: {NEEDS_WORKING_DIR} (got {listed!r})")
         else:
             check(field, listed, file_path)
     for index, root in enumerate(stack.logs.roots):
         if root.path is None:
             continue  # a volume root: the model checked its name and subdir
         field = f"logs.roots[{index}].path"
-        where = Path(root.path) / root.subdir if root.subdir else Path(root.path)
-        check(field, root.path, where)
+        base = under_working(root.path)
+        if base is None:
+            problems.append(f"{field}: {NEEDS_WORKING_DIR} (got {root.path!r})")
+        else:
+            check(field, root.path, base / root.subdir if root.subdir else base)
     return problems
 
 
