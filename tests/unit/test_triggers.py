@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -33,8 +34,10 @@ from opsflow.health import (
     run_check,
 )
 from opsflow.health.common import BODY_EXCERPT_LIMIT, scrub
+from opsflow.operators import upgrade
 from opsflow.runtimes.compose_probe import ComposeContext
 from opsflow.runtimes.compose_probe import parse_ps as parse_compose_ps
+from opsflow.stack.loader import parse_stack
 from opsflow.triggers.health import HealthGateTrigger
 from support.servers import GrpcHealthServer, SwitchableHealthServer
 from support.services import free_port, service_unavailable
@@ -302,6 +305,39 @@ def test_tcp_open_and_closed(tcp_listener: int) -> None:
     closed = probe(check(kind="tcp", port=free_port()))
     assert not closed.ok
     assert closed.detail.startswith("ConnectionRefusedError")
+
+
+def test_preflight_asks_a_failing_check_again_before_it_refuses(
+    tcp_listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port that answers only from the second try on (a busy host's blip) counts as
+    healthy; one that never answers is named with its last answer and the tries."""
+    monkeypatch.setattr(upgrade, "PREFLIGHT_PAUSE", 0.5)
+    late, closed = free_port(), free_port()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    timer = threading.Timer(0.25, lambda: (listener.bind(("127.0.0.1", late)), listener.listen()))
+    stack = parse_stack(
+        {
+            "name": "shop",
+            "runtime": {"kind": "compose", "project": "shop", "working_dir": "/srv/shop"},
+            "services": [
+                {"name": "api", "health": [{"kind": "tcp", "port": tcp_listener}]},
+                {"name": "db", "health": [{"kind": "tcp", "port": late}]},
+                {"name": "cache", "health": [{"kind": "tcp", "port": closed}]},
+            ],
+        },
+        Path("shop.yaml"),
+    )
+    timer.start()
+    try:
+        failing = upgrade.healthy_now(stack, None)
+    finally:
+        timer.join()
+        listener.close()
+    assert len(failing) == 1, failing
+    assert failing[0].startswith(f"tcp 127.0.0.1:{closed}: ConnectionRefusedError")
+    assert failing[0].endswith("(3 tries, 0.5s apart)")
 
 
 def test_grpc_serving_and_not_serving(grpc_health_server: GrpcHealthServer) -> None:

@@ -37,7 +37,8 @@ from opsflow.operators.steps import StepRecord, first_line, run_stack
 from opsflow.releases.ledger import RELEASE_ACTIONS, Ledger, LedgerEntry
 from opsflow.releases.outcome import rollback_decision
 from opsflow.releases.switch import ReleaseSwitch, Snapshot, postgres_source_names
-from opsflow.stack.model import check_version
+from opsflow.runtimes.base import RuntimeContext
+from opsflow.stack.model import Stack, check_version
 
 PREFLIGHT_TASK = "preflight"
 SNAPSHOT_TASK = "snapshot"
@@ -46,20 +47,32 @@ BACKUP_TASK = "pre_upgrade_backup"
 UNSETTLED = ("running", "rollback-failed")
 
 
-def healthy_now(switch: ReleaseSwitch) -> list[str]:
-    """One round of every health check of the stack; the names of the failing ones."""
+PREFLIGHT_TRIES = 3
+PREFLIGHT_PAUSE = 2.0  # seconds between tries
+
+
+def healthy_now(stack: Stack, runtime: RuntimeContext | None) -> list[str]:
+    """The failing health checks of the stack, each with its last answer; empty when all
+    pass. A check that fails is asked again (``PREFLIGHT_TRIES`` times, a pause apart): a
+    blip of a busy host must not refuse an upgrade, a stack that stays unhealthy does."""
     from opsflow.health import check_name, run_check
 
-    stack, runtime = switch.stack, switch.runtime.context()
+    async def failing() -> dict[int, str]:
+        failed = dict.fromkeys(range(len(stack.checks)), "")
+        for attempt in range(PREFLIGHT_TRIES):
+            if attempt:
+                await asyncio.sleep(PREFLIGHT_PAUSE)
+            asked = sorted(failed)
+            results = await asyncio.gather(*(run_check(stack.checks[i], runtime) for i in asked))
+            failed = {i: r.detail for i, r in zip(asked, results, strict=True) if not r.ok}
+            if not failed:
+                break
+        return failed
 
-    async def one_round() -> list[Any]:
-        return await asyncio.gather(*(run_check(check, runtime) for check in stack.checks))
-
-    results = asyncio.run(one_round())
+    tries = f"{PREFLIGHT_TRIES} tries, {PREFLIGHT_PAUSE:g}s apart"
     return [
-        f"{check_name(check)}: {result.detail}"
-        for check, result in zip(stack.checks, results, strict=True)
-        if not result.ok
+        f"{check_name(stack.checks[index])}: {detail} ({tries})"
+        for index, detail in sorted(asyncio.run(failing()).items())
     ]
 
 
@@ -192,7 +205,7 @@ class UpgradePreflightOperator(ReleaseStepOperator):
             raise AirflowFailException(f"config of {target} is invalid: {error}") from None
         record.lines.append(f"config valid for {target}: images {sorted(set(images.values()))}")
         record.lines.append(self._fetchable(switch, target, images))
-        unhealthy = healthy_now(switch)
+        unhealthy = healthy_now(stack, switch.runtime.context())
         if unhealthy:
             raise AirflowFailException(
                 f"{self.stack_name} is not healthy now, so an upgrade has no safe starting "
