@@ -149,12 +149,9 @@ def http_receiver() -> Iterator[HttpCapture]:
         thread.join(timeout=5)
 
 
-def alert_connections(smtp: SmtpCapture, receiver: HttpCapture) -> dict[str, str]:
-    """Environment giving the demo stack's alert routes real endpoints."""
+def smtp_connection(smtp: SmtpCapture) -> dict[str, str]:
+    """``smtp_default`` pointing at the capture: the email route of every stack that has one."""
     return {
-        "AIRFLOW_CONN_DEMO_ALERT_WEBHOOK": json.dumps(
-            {"conn_type": "http", "host": f"{receiver.base_url}/alerts"}
-        ),
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
             {
                 "conn_type": "smtp",
@@ -165,4 +162,14 @@ def alert_connections(smtp: SmtpCapture, receiver: HttpCapture) -> dict[str, str
                 "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 0},
             }
         ),
+    }
+
+
+def alert_connections(smtp: SmtpCapture, receiver: HttpCapture) -> dict[str, str]:
+    """Environment giving the demo stack's alert routes real endpoints."""
+    return {
+        "AIRFLOW_CONN_DEMO_ALERT_WEBHOOK": json.dumps(
+            {"conn_type": "http", "host": f"{receiver.base_url}/alerts"}
+        ),
+        **smtp_connection(smtp),
     }

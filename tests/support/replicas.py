@@ -18,10 +18,13 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tarfile
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,8 @@ import yaml
 from opsflow.runtimes.compose import compose_base_argv
 from support import REPO_ROOT
 from support.demo import AIRFLOW_CLI, without_demo_settings
-from support.services import free_port, service_unavailable
+from support.receivers import HttpCapture, SmtpCapture
+from support.services import free_port, get_json, service_unavailable
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 REPLICAS_DIR = REPO_ROOT / "include" / "replicas"
@@ -44,6 +48,24 @@ def system_project(system: str) -> str:
 
 def out_of(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout + result.stderr
+
+
+def workdir_of(system: str, root: Path) -> Path:
+    """Where ``replica`` copies a system's replica under ``root``: the checkout's layout,
+    so a fixture can name paths in the overlay before the copy exists."""
+    return root / REPLICAS_DIR.relative_to(REPO_ROOT) / system
+
+
+def shipped_stack(system: str) -> dict[str, Any]:
+    """The shipped include/stacks/<system>.yaml, for overlays that move one of its keys."""
+    loaded = yaml.safe_load((STACKS_DIR / f"{system}.yaml").read_text(encoding="utf-8"))
+    return dict(loaded)
+
+
+def shipped_log_roots(system: str, logs: Path) -> list[dict[str, Any]]:
+    """The shipped log rules with this machine's directory: what an operator whose checkout
+    is elsewhere writes in the overlay (lists replace, so every root is repeated)."""
+    return [{**root, "path": str(logs)} for root in shipped_stack(system)["logs"]["roots"]]
 
 
 def require_engine() -> None:
@@ -80,6 +102,11 @@ class Replica:
     @property
     def state(self) -> Path:
         return Path(self.env["OPSFLOW_STATE_DIR"]) / self.system
+
+    @property
+    def backups(self) -> Path:
+        """The local store every fixture's overlay names (``backup.local_dir``)."""
+        return self.root / "backups"
 
     def dags_test(
         self, workflow: str, conf: dict[str, Any], *extra_env: dict[str, str]
@@ -150,6 +177,106 @@ class Replica:
     def lock_free(self) -> bool:
         return not (self.state / "lock.json").exists()
 
+    def at(
+        self, release: str, serving: Callable[[Replica, str], bool], *, via: str = "deploy"
+    ) -> None:
+        """Make ``release`` the current, healthy release, deploying from nothing if needed.
+
+        The tests run in file order, but each must start from the release it names even
+        when an earlier one failed half-way. ``via`` is the workflow that then takes 1.0.0
+        to ``release``: ``deploy``, or ``upgrade`` where a module reaches later releases
+        the way its system's guide does.
+        """
+        if self.current() == release and serving(self, release) and self.lock_free():
+            return
+        self.reset()
+        steps = [("deploy", "1.0.0")] + ([(via, release)] if release != "1.0.0" else [])
+        for workflow, version in steps:
+            result = self.dags_test(workflow, {"version": version})
+            assert result.returncode == 0, out_of(result)[-4000:]
+        assert serving(self, release)
+
+    # ------------------------------------------------------------------------ backups
+
+    def verified_backup(
+        self, sources: set[str]
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """Run ``<system>__backup``: it must succeed and add exactly one manifest, verified,
+        whose sources are exactly ``sources`` (the stack file's), each verified by its own
+        restore. Returns the manifest and its sources by name, for the system's own checks."""
+        known = backup_ids(self.backups)
+
+        result = self.dags_test("backup", {})
+        out = out_of(result)
+
+        assert result.returncode == 0, out[-6000:]
+        manifests = new_manifests(self.backups, known)
+        assert len(manifests) == 1, out[-4000:]
+        manifest = manifests[0]
+        assert manifest["status"] == "verified"
+        by_name = {source["name"]: source for source in manifest["sources"]}
+        assert set(by_name) == sources
+        for source in by_name.values():
+            assert source["verification"]["status"] == "passed", source
+        return manifest, by_name
+
+    def artifact(self, manifest: dict[str, Any], source: dict[str, Any]) -> tarfile.TarFile:
+        """A source's first artifact, decompressed as ``zstd -dc`` does, opened as a tar:
+        what a restore would unpack, read without opsflow's own code."""
+        path = self.backups / manifest["backup_id"] / source["artifacts"][0]["name"]
+        raw = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
+        return tarfile.open(fileobj=io.BytesIO(raw))
+
+    # ------------------------------------------------------------------- its services
+
+    @property
+    def _conn_prefix(self) -> str:
+        """How the shipped stack files name their connections: ``ai_doc_postgres``."""
+        return self.system.replace("-", "_")
+
+    def connection(self, conn_id: str) -> dict[str, Any]:
+        """The Airflow connection the fixture gave the workflows, as they see it."""
+        return dict(json.loads(self.env[f"AIRFLOW_CONN_{conn_id.upper()}"]))
+
+    def pg(self, conn_id: str = "") -> Any:
+        """An autocommit psycopg connection through ``<system>_postgres`` (or ``conn_id``):
+        the tests read the database the workflows back up and restore."""
+        import psycopg
+
+        conn = self.connection(conn_id or f"{self._conn_prefix}_postgres")
+        return psycopg.connect(
+            host="127.0.0.1", port=conn["port"], user=conn["login"], password=conn["password"],
+            dbname=conn["schema"], autocommit=True,
+        )  # fmt: skip
+
+    def digests(self, conn_id: str = "") -> dict[str, tuple[int, str]]:
+        """``table_digests`` of the database behind ``pg``: equal before and after a
+        rollback means every table came back."""
+        with self.pg(conn_id) as conn:
+            return table_digests(conn)
+
+    def bucket(self, conn_id: str = "") -> Any:
+        """A boto3 S3 client through ``<system>_minio`` (or ``conn_id``), an ``aws``
+        connection to the replica's object store."""
+        import boto3
+
+        conn = self.connection(conn_id or f"{self._conn_prefix}_minio")
+        return boto3.client(
+            "s3", endpoint_url=conn["extra"]["endpoint_url"], region_name="us-east-1",
+            aws_access_key_id=conn["login"], aws_secret_access_key=conn["password"],
+        )  # fmt: skip
+
+    def url(self, port: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[port]}{path}"
+
+    def answer(self, port: str, path: str) -> tuple[int, dict[str, Any]]:
+        """Status and JSON of a GET on a published port; 0 and the error when there is no
+        JSON answer (not listening, or a gateway's HTML error page)."""
+        try:
+            return get_json(self.url(port, path))
+        except (OSError, ValueError) as err:
+            return 0, {"error": str(err)}
+
 
 def write_env(path: Path, values: dict[str, str]) -> None:
     path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
@@ -181,7 +308,7 @@ def replica(
     project = system_project(system)
     # The copy keeps the checkout's layout, so build contexts shared with the demo
     # (``../../../docker/postgres``) resolve the same way there.
-    workdir = root / REPLICAS_DIR.relative_to(REPO_ROOT) / system
+    workdir = workdir_of(system, root)
     shutil.copytree(
         REPLICAS_DIR / system, workdir, ignore=shutil.ignore_patterns("__pycache__", ".env")
     )
@@ -229,6 +356,16 @@ def replica(
         deployed.down()
 
 
+def fetch_moto_wheels(context: Path) -> None:
+    """The MinIO stand-in's pinned wheels, fetched by the host's pip (README.md): a build
+    container has no trusted route to PyPI, so the image installs them with --no-index."""
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+            "--only-binary=:all:", "-r", str(context / "requirements.txt"),
+            "-d", str(context / "wheels")]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, f"{argv}: {done.stderr[-3000:]}"
+
+
 def free_ports(*names: str) -> dict[str, int]:
     ports: dict[str, int] = {}
     while len(set(ports.values())) < len(names):
@@ -260,6 +397,79 @@ def table_digests(conn: Any) -> dict[str, tuple[int, str]]:
         assert row is not None
         digests[".".join(table)] = (int(row[0]), str(row[1]))
     return digests
+
+
+def post_json(url: str, body: dict[str, Any], *, timeout: float = 5) -> dict[str, Any]:
+    """POST ``body`` as JSON to an app's API, which must answer 201 Created with JSON."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        assert response.status == 201
+        return dict(json.loads(response.read()))
+
+
+# --------------------------------------------------------------------------- backups
+
+
+def backup_ids(backups: Path) -> set[str]:
+    """The backups a local store holds (a directory with a manifest each)."""
+    return {p.parent.name for p in backups.glob("*/manifest.json")}
+
+
+def new_manifests(backups: Path, known: set[str]) -> list[dict[str, Any]]:
+    """The manifests of the backups taken since ``known`` (``backup_ids`` before the run),
+    oldest first: a run must add exactly one."""
+    return [
+        json.loads(p.read_text())
+        for p in sorted(backups.glob("*/manifest.json"))
+        if p.parent.name not in known
+    ]
+
+
+# ---------------------------------------------------------------------------- alerts
+
+
+def slack_connection(conn_id: str, receiver: HttpCapture, token: str) -> dict[str, str]:
+    """A shipped Slack route (``conn_id``) pointed at a real receiver: the webhook URL is
+    ``<receiver>/slack/<token>``."""
+    conn = {"conn_type": "slackwebhook", "host": f"{receiver.base_url}/slack",
+            "password": token}  # fmt: skip
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)}
+
+
+def one_alert(receiver: HttpCapture, token: str, *, alone: bool = False) -> str:
+    """The text of the single Slack alert the failed run sent to ``token``'s webhook;
+    ``alone``: nothing else reached the receiver either (the stack's only route)."""
+    receiver.wait_for(1)
+    slack = [r for r in receiver.requests if r["path"] == f"/slack/{token}"]
+    assert len(slack) == 1, receiver.requests
+    if alone:
+        assert len(receiver.requests) == 1, receiver.requests
+    return "\n".join(strings_in(json.loads(slack[0]["body"])))
+
+
+def one_mail(smtp: SmtpCapture) -> str:
+    """The body of the single alert mail the failed run sent."""
+    mails = smtp.wait_for(1)
+    assert len(mails) == 1, [m["Subject"] for m in mails]
+    payload = mails[0].get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode()
+
+
+def strings_in(value: Any) -> list[str]:
+    """Every string in a JSON document (a Slack message's text and blocks)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [text for item in value for text in strings_in(item)]
+    return []
 
 
 # ---------------------------------------------------------------------------- images
@@ -315,3 +525,32 @@ def image_tags(repository: str) -> set[str]:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return set(out.stdout.split())
+
+
+def load_old_releases(repository: str) -> list[str]:
+    """Two release images (0.8.0, 0.9.0) of ``repository`` created in January 2020: older
+    than every release built here, so the rules that keep the newest ones must prune them."""
+    old = [f"{repository}:0.8.0", f"{repository}:0.9.0"]
+    for number, reference in enumerate(old):
+        load_dated_image(reference, f"2020-01-0{number + 1}T00:00:00Z")
+    return old
+
+
+def created_ns(reference: str) -> int:
+    """An image's creation time in nanoseconds (Docker's RFC 3339 with up to 9 digits)."""
+    text = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Created}}", reference],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    stamp, _, fraction = text.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+    return int(seconds) * 10**9 + int((fraction + "0" * 9)[:9])
+
+
+def beyond_the_kept(repository: str, keep: int = 3) -> set[str]:
+    """The tags of ``repository`` log cleanup may prune (logs.keep_images_releases, default
+    3): neither among the newest ``keep`` by creation (ties by name) nor the current
+    (1.1.0) or previous (1.0.0) release."""
+    tags = sorted(image_tags(repository), key=lambda ref: (-created_ns(ref), ref))
+    protected = {f"{repository}:1.1.0", f"{repository}:1.0.0", *tags[:keep]}
+    return set(tags) - protected

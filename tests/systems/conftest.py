@@ -2,14 +2,19 @@
 
 Every module here is marked ``systems`` and runs heavy (Docker builds, ``airflow dags
 test``): wrap runs in ``flock -o /tmp/opsflow-heavy.lock``. The replicas themselves, their
-overlay stack files and the ledger helpers live in support.replicas.
+overlay stack files, the ledger and the checks every module makes live in
+support.replicas.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from support.replicas import require_engine
+# The checks the five modules share live in support.replicas; rewritten like the modules'
+# own asserts, a failing one reports the same values it did when it stood in the module.
+pytest.register_assert_rewrite("support.replicas")
+
+from support.replicas import require_engine  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -13,36 +13,33 @@ a failed run and one alert on the stack's route (its Slack webhook, to a real re
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import socket
-import subprocess
-import sys
-import tarfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from support.receivers import HttpCapture
 from support.replicas import (
-    REPLICAS_DIR,
-    STACKS_DIR,
     Replica,
+    beyond_the_kept,
+    fetch_moto_wheels,
     free_ports,
     image_exists,
     image_tags,
+    one_alert,
     out_of,
     password,
+    post_json,
     replica,
+    slack_connection,
     system_project,
-    table_digests,
+    workdir_of,
 )
 from support.s3 import S3Server
 from support.services import get_json
@@ -52,20 +49,8 @@ pytestmark = pytest.mark.systems
 RELEASES = ["1.0.0", "1.1.0", "1.2.0-never-live", "1.3.0-broken-migration"]
 PREFIX = system_project("ai-doc")
 SLACK_TOKEN = "T0AIDOC/B0AIDOC/aiDocWebhookToken"
-SHIPPED_ROOT = "/opt/ai-doc"
 SERVICES = {"nginx", "backend", "backend2", "python-parser", "postgres", "minio"}
 DAY = 86400
-
-
-def log_roots(workdir: Path) -> list[dict[str, Any]]:
-    """The shipped log roots, moved from the guide's checkout (/opt/ai-doc) to this one:
-    the rules stay the shipped file's."""
-    shipped = yaml.safe_load((STACKS_DIR / "ai-doc.yaml").read_text())
-    roots = []
-    for root in shipped["logs"]["roots"]:
-        assert root["path"].startswith(SHIPPED_ROOT + "/"), root
-        roots.append({**root, "path": str(workdir) + root["path"][len(SHIPPED_ROOT) :]})
-    return roots
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +59,7 @@ def ai_doc(
 ) -> Iterator[Replica]:
     """The replica under its own project, ports and images; every release built once."""
     root = tmp_path_factory.mktemp("ai-doc")
-    workdir = root / REPLICAS_DIR.relative_to(REPLICAS_DIR.parents[1]) / "ai-doc"
+    workdir = workdir_of("ai-doc", root)
     ports = free_ports(
         "http", "backend", "backend2", "parser", "postgres", "minio", "minio_console"
     )
@@ -96,8 +81,9 @@ def ai_doc(
         "AI_DOC_START_PERIOD": "6s",
     }
     overlay = {
-        # What differs on this machine: image names, where the checkout, its logs and the
-        # backups are, and a gate quick enough for a test.
+        # What differs on this machine: image names, where the backups are, and a gate
+        # quick enough for a test. The shipped log roots are relative to the working dir
+        # (the replica's copy), so the shipped rules apply here unchanged.
         "services": [
             {"name": "nginx", "image": f"{PREFIX}/nginx:1.22"},
             {"name": "backend", "image": f"{PREFIX}/backend"},
@@ -107,7 +93,6 @@ def ai_doc(
             {"name": "minio", "image": f"{PREFIX}/minio:moto-5.2.5"},
         ],
         "backup": {"local_dir": str(root / "backups")},
-        "logs": {"roots": log_roots(workdir)},
         "health_gate": {"consecutive": 2, "interval": "1s", "timeout": "20s"},
     }
     connections = {
@@ -143,117 +128,31 @@ def ai_doc(
         yield deployed
 
 
-def fetch_moto_wheels(context: Path) -> None:
-    """The MinIO stand-in's pinned wheels, fetched by the host's pip (README.md): a build
-    container has no trusted route to PyPI, so the image installs them with --no-index."""
-    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-            "--only-binary=:all:", "-r", str(context / "requirements.txt"),
-            "-d", str(context / "wheels")]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"{argv}: {done.stderr[-3000:]}"
-
-
 def slack_env(receiver: HttpCapture) -> dict[str, str]:
     """A real endpoint for the shipped route, ai_doc_slack."""
-    conn = {"conn_type": "slackwebhook", "host": f"{receiver.base_url}/slack",
-            "password": SLACK_TOKEN}  # fmt: skip
-    return {"AIRFLOW_CONN_AI_DOC_SLACK": json.dumps(conn)}
-
-
-def url(ai_doc: Replica, port: str, path: str) -> str:
-    return f"http://127.0.0.1:{ai_doc.ports[port]}{path}"
-
-
-def answer(ai_doc: Replica, port: str, path: str) -> tuple[int, dict[str, Any]]:
-    try:
-        return get_json(url(ai_doc, port, path))
-    except (OSError, ValueError) as err:  # not listening, or a gateway's HTML error page
-        return 0, {"error": str(err)}
+    return slack_connection("ai_doc_slack", receiver, SLACK_TOKEN)
 
 
 def version(ai_doc: Replica) -> str | None:
-    status, body = answer(ai_doc, "http", "/api/version")
+    status, body = ai_doc.answer("http", "/api/version")
     return str(body["version"]) if status == 200 else None
 
 
 def serving(ai_doc: Replica, release: str) -> bool:
     """The gateway's /health is healthy, both backends live, and they run ``release``."""
-    status, body = answer(ai_doc, "http", "/health")
+    status, body = ai_doc.answer("http", "/health")
     if status != 200 or body.get("status") != "healthy" or version(ai_doc) != release:
         return False
     for port in ("backend", "backend2"):
-        status, body = answer(ai_doc, port, "/health/live")
+        status, body = ai_doc.answer(port, "/health/live")
         if status != 200 or body.get("version") != release:
             return False
     return True
 
 
-def pg(ai_doc: Replica) -> Any:
-    import psycopg
-
-    conn = json.loads(ai_doc.env["AIRFLOW_CONN_AI_DOC_POSTGRES"])
-    return psycopg.connect(
-        host="127.0.0.1", port=conn["port"], user="ai_doc", password=conn["password"],
-        dbname="ai_doc", autocommit=True,
-    )  # fmt: skip
-
-
-def digests(ai_doc: Replica) -> dict[str, tuple[int, str]]:
-    with pg(ai_doc) as conn:
-        return table_digests(conn)
-
-
-def bucket(ai_doc: Replica) -> Any:
-    import boto3
-
-    conn = json.loads(ai_doc.env["AIRFLOW_CONN_AI_DOC_MINIO"])
-    return boto3.client(
-        "s3", endpoint_url=conn["extra"]["endpoint_url"], region_name="us-east-1",
-        aws_access_key_id=conn["login"], aws_secret_access_key=conn["password"],
-    )  # fmt: skip
-
-
 def post_document(ai_doc: Replica, document: dict[str, str]) -> dict[str, Any]:
     """A document through the gateway: parsed over gRPC, stored in the bucket and the DB."""
-    request = urllib.request.Request(
-        url(ai_doc, "http", "/api/documents"),
-        data=json.dumps(document).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 201
-        return dict(json.loads(response.read()))
-
-
-def at(ai_doc: Replica, release: str) -> None:
-    """Make ``release`` the current, healthy release, deploying from nothing if needed."""
-    if ai_doc.current() == release and serving(ai_doc, release) and ai_doc.lock_free():
-        return
-    ai_doc.reset()
-    for step in dict.fromkeys(["1.0.0", release]):
-        result = ai_doc.dags_test("deploy", {"version": step})
-        assert result.returncode == 0, out_of(result)[-4000:]
-    assert serving(ai_doc, release)
-
-
-def one_alert(receiver: HttpCapture) -> str:
-    """The text of the single Slack alert the failed run sent."""
-    receiver.wait_for(1)
-    slack = [r for r in receiver.requests if r["path"] == f"/slack/{SLACK_TOKEN}"]
-    assert len(slack) == 1, receiver.requests
-    return "\n".join(strings_in(json.loads(slack[0]["body"])))
-
-
-def strings_in(value: Any) -> list[str]:
-    """Every string in a JSON document (a Slack message's text and blocks)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, list):
-        return [text for item in value for text in strings_in(item)]
-    return []
+    return post_json(ai_doc.url("http", "/api/documents"), document, timeout=10)
 
 
 def parser_call(port: int, method: str, payload: bytes) -> tuple[str, bytes]:
@@ -266,26 +165,6 @@ def parser_call(port: int, method: str, payload: bytes) -> tuple[str, bytes]:
             return "OK", bytes(call(payload, timeout=5))
         except grpc.RpcError as err:
             return str(err.code().name), b""
-
-
-def created_ns(reference: str) -> int:
-    """An image's creation time in nanoseconds (Docker's RFC 3339 with up to 9 digits)."""
-    text = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{.Created}}", reference],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    stamp, _, fraction = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
-    return int(seconds) * 10**9 + int((fraction + "0" * 9)[:9])
-
-
-def beyond_the_kept(repository: str, keep: int = 3) -> set[str]:
-    """The tags of ``repository`` log cleanup may prune (logs.keep_images_releases, default
-    3): neither among the newest ``keep`` by creation (ties by name) nor the current
-    (1.1.0) or previous (1.0.0) release."""
-    tags = sorted(image_tags(repository), key=lambda ref: (-created_ns(ref), ref))
-    protected = {f"{repository}:1.1.0", f"{repository}:1.0.0", *tags[:keep]}
-    return set(tags) - protected
 
 
 def age(path: Path, seconds: float) -> None:
@@ -307,15 +186,15 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(ai_doc: Rep
 
     assert result.returncode == 0, out[-6000:]
     # The guide's last step: curl http://localhost/health through the gateway.
-    status, body = answer(ai_doc, "http", "/health")
+    status, body = ai_doc.answer("http", "/health")
     assert status == 200 and body["status"] == "healthy", body
     assert version(ai_doc) == "1.0.0"
     nodes = set()
     for port in ("backend", "backend2"):
-        status, body = answer(ai_doc, port, "/health/live")
+        status, body = ai_doc.answer(port, "/health/live")
         assert status == 200 and body["status"] == "alive", body
         nodes.add(body["node"])
-        status, body = answer(ai_doc, port, "/health/ready")
+        status, body = ai_doc.answer(port, "/health/ready")
         assert status == 200 and body["checks"] == {
             "database": "up", "parser": "up", "storage": "up",
         }, body  # fmt: skip
@@ -327,11 +206,11 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(ai_doc: Rep
         pass  # the guide's socket check, from outside
     for service in SERVICES - {"minio"}:  # minio has no healthcheck in the guide
         assert ai_doc.container_health(service) == "healthy", service
-    with urllib.request.urlopen(url(ai_doc, "minio", "/minio/health/live"), timeout=5) as live:
+    with urllib.request.urlopen(ai_doc.url("minio", "/minio/health/live"), timeout=5) as live:
         assert live.status == 200  # MinIO's liveness probe (an empty 200)
-    assert "ai-doc" in {b["Name"] for b in bucket(ai_doc).list_buckets()["Buckets"]}
+    assert "ai-doc" in {b["Name"] for b in ai_doc.bucket().list_buckets()["Buckets"]}
     # The schema came from the numbered init files, on the volume's first start.
-    with pg(ai_doc) as conn:
+    with ai_doc.pg() as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables "
                                                  "WHERE schemaname = 'public'")}  # fmt: skip
         admins = list(conn.execute("SELECT username FROM users WHERE role = 'admin'"))
@@ -354,38 +233,18 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(ai_doc: Rep
 def test_backup_ends_verified_with_every_source_of_the_stack_file(
     ai_doc: Replica, s3_server: S3Server
 ) -> None:
-    at(ai_doc, "1.0.0")
+    ai_doc.at("1.0.0", serving)
     stored = post_document(ai_doc, {"title": "in the backup", "content": "backed up words"})
-    backups = ai_doc.root / "backups"
-    known = {p.parent.name for p in backups.glob("*/manifest.json")}
 
-    result = ai_doc.dags_test("backup", {})
-    out = out_of(result)
+    manifest, sources = ai_doc.verified_backup({"ai_doc", "documents", "config"})
 
-    assert result.returncode == 0, out[-6000:]
-    manifests = [
-        json.loads(p.read_text())
-        for p in sorted(backups.glob("*/manifest.json"))
-        if p.parent.name not in known
-    ]
-    assert len(manifests) == 1, out[-4000:]
-    manifest = manifests[0]
-    assert manifest["status"] == "verified"
-    sources = {source["name"]: source for source in manifest["sources"]}
-    assert set(sources) == {"ai_doc", "documents", "config"}
-    for source in sources.values():
-        assert source["verification"]["status"] == "passed", source
     # The bucket's objects, each with its sha256, the document just stored among them.
     documents = sources["documents"]
     assert stored["object_key"] in documents["fingerprint"]["sha256"]
-    artifact = backups / manifest["backup_id"] / documents["artifacts"][0]["name"]
-    raw = subprocess.run(["zstd", "-dc", str(artifact)], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+    with ai_doc.artifact(manifest, documents) as tar:
         member = tar.extractfile(stored["object_key"])
         assert member is not None and member.read() == b"backed up words"
-    config = backups / manifest["backup_id"] / sources["config"]["artifacts"][0]["name"]
-    raw = subprocess.run(["zstd", "-dc", str(config)], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+    with ai_doc.artifact(manifest, sources["config"]) as tar:
         names = tar.getnames()
     assert any(name.endswith("nginx.conf") for name in names), names
     # The offsite copy (the stack's s3 destination) holds the same backup, manifest too.
@@ -397,10 +256,10 @@ def test_backup_ends_verified_with_every_source_of_the_stack_file(
 
 
 def test_upgrade_to_1_1_0_keeps_the_data_written_before(ai_doc: Replica) -> None:
-    at(ai_doc, "1.0.0")
+    ai_doc.at("1.0.0", serving)
     stored = post_document(ai_doc, {"title": "before the upgrade", "content": "three old words"})
     query = "SELECT id, title, object_key, size_bytes, word_count, created_at FROM documents"
-    with pg(ai_doc) as conn:
+    with ai_doc.pg() as conn:
         before = list(conn.execute(query + " ORDER BY id"))
 
     result = ai_doc.dags_test("upgrade", {"version": "1.1.0"})
@@ -410,18 +269,18 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(ai_doc: Replica) -> None
     assert serving(ai_doc, "1.1.0")
     # The new numbered file reached the running database through the migration.
     assert "applying /docker-entrypoint-initdb.d/006_document_categories.sql" in out
-    with pg(ai_doc) as conn:
+    with ai_doc.pg() as conn:
         assert list(conn.execute(query + " ORDER BY id")) == before
         categories = {row[0] for row in conn.execute("SELECT name FROM categories")}
     assert categories == {"uncategorized", "guide", "api"}
-    listed = get_json(url(ai_doc, "http", "/api/documents"))[1]["documents"]
+    listed = get_json(ai_doc.url("http", "/api/documents"))[1]["documents"]
     old = next(doc for doc in listed if doc["id"] == stored["id"])
     assert old["category"] == "uncategorized"  # the migration's backfill
-    body = bucket(ai_doc).get_object(Bucket="ai-doc", Key=stored["object_key"])["Body"]
+    body = ai_doc.bucket().get_object(Bucket="ai-doc", Key=stored["object_key"])["Body"]
     assert body.read() == b"three old words"
     # 1.1.0 writes what 1.0.0 could not: the category.
     new = post_document(ai_doc, {"title": "after", "content": "x", "category": "guide"})
-    with pg(ai_doc) as conn:
+    with ai_doc.pg() as conn:
         row = conn.execute("SELECT category FROM documents WHERE id = %s", (new["id"],))
         assert row.fetchone() == ("guide",)
     entry = ai_doc.last("upgrade")
@@ -434,9 +293,9 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(ai_doc: Replica) -> None
 def test_never_live_release_is_rolled_back_with_every_table_equal(
     ai_doc: Replica, http_receiver: HttpCapture
 ) -> None:
-    at(ai_doc, "1.1.0")
+    ai_doc.at("1.1.0", serving)
     post_document(ai_doc, {"title": "before the never-live upgrade", "content": "a b c"})
-    before = digests(ai_doc)
+    before = ai_doc.digests()
 
     result = ai_doc.dags_test("upgrade", {"version": "1.2.0-never-live"}, slack_env(http_receiver))
     out = out_of(result)
@@ -447,8 +306,8 @@ def test_never_live_release_is_rolled_back_with_every_table_equal(
     # first service Docker called unhealthy.
     assert '"status": "starting", "waiting_for": "parser method Embed"' in out, out[-6000:]
     assert serving(ai_doc, "1.1.0"), out[-6000:]
-    assert digests(ai_doc) == before
-    text = one_alert(http_receiver)
+    assert ai_doc.digests() == before
+    text = one_alert(http_receiver, SLACK_TOKEN)
     assert "upgrade ai-doc 1.1.0 -> 1.2.0-never-live failed at verify" in text, text
     assert "conclusive evidence from the runtime" in text and "unhealthy" in text, text
     assert "rolled back to 1.1.0; healthy" in text, text
@@ -460,8 +319,8 @@ def test_never_live_release_is_rolled_back_with_every_table_equal(
 def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     ai_doc: Replica, http_receiver: HttpCapture
 ) -> None:
-    at(ai_doc, "1.1.0")
-    before = digests(ai_doc)
+    ai_doc.at("1.1.0", serving)
+    before = ai_doc.digests()
 
     result = ai_doc.dags_test(
         "upgrade", {"version": "1.3.0-broken-migration"}, slack_env(http_receiver)
@@ -473,10 +332,10 @@ def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     assert "applying /docker-entrypoint-initdb.d/007_document_chunks.sql" in out
     assert "applying /docker-entrypoint-initdb.d/008_chunk_backfill.sql" in out
     assert serving(ai_doc, "1.1.0"), out[-6000:]
-    after = digests(ai_doc)
+    after = ai_doc.digests()
     assert "public.document_chunks" not in after
     assert after == before
-    text = one_alert(http_receiver)
+    text = one_alert(http_receiver, SLACK_TOKEN)
     assert "upgrade ai-doc 1.1.0 -> 1.3.0-broken-migration failed at migrate" in text, text
     assert 'column "summary" does not exist' in text, text
     assert "rolled back to 1.1.0; healthy" in text, text
@@ -491,7 +350,7 @@ def test_log_cleanup_removes_exactly_what_the_rules_name(ai_doc: Replica) -> Non
     (``*.log.*``) and backend ``*.log`` files compressed after 1 day, compressed ones
     deleted after 14 (a plain file is compressed first, never deleted unread); the live
     logs, recent files and anything the patterns do not name stay."""
-    at(ai_doc, "1.1.0")
+    ai_doc.at("1.1.0", serving)
     logs = ai_doc.workdir / "logs"
     nginx, backend, backend2 = logs / "nginx", logs / "backend", logs / "backend2"
     live = {"access.log", "error.log"} & listing(nginx)

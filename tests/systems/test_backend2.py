@@ -12,35 +12,30 @@ receiver).
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import subprocess
-import tarfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from support import REPO_ROOT
 from support.receivers import HttpCapture
 from support.replicas import (
-    REPLICAS_DIR,
-    STACKS_DIR,
     Replica,
     free_ports,
     image_exists,
     image_tags,
-    load_dated_image,
+    load_old_releases,
+    one_alert,
     out_of,
     password,
+    post_json,
     replica,
+    slack_connection,
     system_project,
-    table_digests,
+    workdir_of,
 )
 from support.services import get_json
 
@@ -59,7 +54,7 @@ MIB = 1024 * 1024
 def backend2(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     """The replica under its own project, ports and images; every release built once."""
     root = tmp_path_factory.mktemp("backend2")
-    workdir = root / REPLICAS_DIR.relative_to(REPO_ROOT) / "backend2"  # where replica() copies
+    workdir = workdir_of("backend2", root)
     ports = free_ports("api", "postgres", "redis")
     pg_password, redis_password = password(), password()
     dotenv = {
@@ -71,19 +66,12 @@ def backend2(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "BACKEND2_POSTGRES_PORT": str(ports["postgres"]),
         "BACKEND2_REDIS_PORT": str(ports["redis"]),
     }
-    shipped = yaml.safe_load((STACKS_DIR / "backend2.yaml").read_text(encoding="utf-8"))
     overlay = {
         # What differs on this machine: image names (pruning works on them), where the
-        # checkout's logs/ and the backups are (the shipped log rules, another path), and
-        # a gate quick enough for a test.
+        # backups are, and a gate quick enough for a test. The shipped log root is the
+        # checkout's logs/, relative to the working dir (the replica's copy).
         "services": [{"name": name, "image": f"{PREFIX}-{name}"} for name in VERSIONED],
         "backup": {"local_dir": str(root / "backups")},
-        "logs": {
-            "roots": [
-                {**shipped_root, "path": str(workdir / "logs")}
-                for shipped_root in shipped["logs"]["roots"]
-            ]
-        },
         "health_gate": {"consecutive": 2, "interval": "1s", "timeout": "15s"},
     }
     connections = {
@@ -113,34 +101,22 @@ def backend2(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def alert_env(receiver: HttpCapture) -> dict[str, str]:
     """A real endpoint for the shipped route: backend2_slack."""
-    return {
-        "AIRFLOW_CONN_BACKEND2_SLACK": json.dumps(
-            {
-                "conn_type": "slackwebhook",
-                "host": f"{receiver.base_url}/slack",
-                "password": SLACK_TOKEN,
-            }
-        )
-    }
+    return slack_connection("backend2_slack", receiver, SLACK_TOKEN)
 
 
 # --------------------------------------------------------------------------- signals
 
 
-def api_url(backend2: Replica, path: str) -> str:
-    return f"http://127.0.0.1:{backend2.ports['api']}{path}"
-
-
 def health(backend2: Replica) -> tuple[int, dict[str, Any]]:
     try:
-        return get_json(api_url(backend2, "/health"))
+        return get_json(backend2.url("api", "/health"))
     except OSError as err:
         return 0, {"error": str(err)}
 
 
 def version(backend2: Replica) -> str | None:
     try:
-        return str(get_json(api_url(backend2, "/version"))[1]["version"])
+        return str(get_json(backend2.url("api", "/version"))[1]["version"])
     except OSError:
         return None
 
@@ -163,85 +139,33 @@ def serving(backend2: Replica, release: str) -> bool:
     return all(running.get(name) == (f"{PREFIX}-{name}:{release}", "running") for name in VERSIONED)
 
 
-def pg(backend2: Replica) -> Any:
-    import psycopg
-
-    conn = json.loads(backend2.env["AIRFLOW_CONN_BACKEND2_POSTGRES"])
-    return psycopg.connect(
-        host="127.0.0.1", port=conn["port"], user="backend", password=conn["password"],
-        dbname="backend", autocommit=True,
-    )  # fmt: skip
-
-
 def cache(backend2: Replica, *, authenticated: bool = True) -> Any:
     import redis
 
-    conn = json.loads(backend2.env["AIRFLOW_CONN_BACKEND2_REDIS"])
+    conn = backend2.connection("backend2_redis")
     secret = conn["password"] if authenticated else None
     return redis.Redis(host="127.0.0.1", port=conn["port"], password=secret, socket_timeout=5)
 
 
-def digests(backend2: Replica) -> dict[str, tuple[int, str]]:
-    with pg(backend2) as conn:
-        return table_digests(conn)
-
-
 def schema_head(backend2: Replica) -> list[str]:
-    with pg(backend2) as conn:
+    with backend2.pg() as conn:
         return [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
 
 
 def submit(backend2: Replica, queue: str, payload: dict[str, Any]) -> int:
-    request = urllib.request.Request(
-        api_url(backend2, "/api/v1/tasks"),
-        data=json.dumps({"queue": queue, "payload": payload}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 201
-        return int(json.loads(response.read())["id"])
+    task = post_json(backend2.url("api", "/api/v1/tasks"), {"queue": queue, "payload": payload})
+    return int(task["id"])
 
 
 def finished(backend2: Replica, task_id: int, timeout: float = 30.0) -> dict[str, Any]:
     """The task once a worker finished it (a failure when none does within ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
-        status, task = get_json(api_url(backend2, f"/api/v1/tasks/{task_id}"))
+        status, task = get_json(backend2.url("api", f"/api/v1/tasks/{task_id}"))
         assert status == 200, task
         if task["status"] in ("done", "succeeded", "failed") or time.monotonic() > deadline:
             return task
         time.sleep(0.3)
-
-
-def at(backend2: Replica, release: str) -> None:
-    """Make ``release`` the current, healthy release, deploying from nothing if needed."""
-    if backend2.current() == release and serving(backend2, release) and backend2.lock_free():
-        return
-    backend2.reset()
-    for step in dict.fromkeys(["1.0.0", release]):
-        result = backend2.dags_test("deploy", {"version": step})
-        assert result.returncode == 0, out_of(result)[-4000:]
-    assert serving(backend2, release)
-
-
-def one_alert(receiver: HttpCapture) -> str:
-    """The Slack text of the single alert the failed run sent."""
-    receiver.wait_for(1)
-    slack = [r for r in receiver.requests if r["path"] == f"/slack/{SLACK_TOKEN}"]
-    assert len(slack) == 1, receiver.requests
-    return "\n".join(strings_in(json.loads(slack[0]["body"])))
-
-
-def strings_in(value: Any) -> list[str]:
-    """Every string in a JSON document (a Slack message's text and blocks)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, list):
-        return [text for item in value for text in strings_in(item)]
-    return []
 
 
 def age(path: Path, days: float, size: int = 0) -> Path:
@@ -273,7 +197,7 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(backend2: R
     # connections; Redis really requires its password.
     assert backend2.container_health("postgres") == "healthy"
     assert backend2.container_health("redis") == "healthy"
-    with pg(backend2) as conn:
+    with backend2.pg() as conn:
         assert conn.execute("SELECT current_user, current_database()").fetchone() == (
             "backend", "backend",
         )  # fmt: skip
@@ -301,43 +225,25 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(backend2: R
 
 
 def test_backup_ends_verified_with_every_source_of_the_stack_file(backend2: Replica) -> None:
-    at(backend2, "1.0.0")
+    backend2.at("1.0.0", serving)
     finished(backend2, submit(backend2, "standard_tasks", {"in": "the backup"}))
-    backups = backend2.root / "backups"
-    known = {p.parent.name for p in backups.glob("*/manifest.json")}
 
-    result = backend2.dags_test("backup", {})
-    out = out_of(result)
+    manifest, sources = backend2.verified_backup({"backend", "redis", "config"})
 
-    assert result.returncode == 0, out[-6000:]
-    manifests = [
-        json.loads(p.read_text())
-        for p in sorted(backups.glob("*/manifest.json"))
-        if p.parent.name not in known
-    ]
-    assert len(manifests) == 1, out[-4000:]
-    manifest = manifests[0]
-    assert manifest["status"] == "verified"
-    sources = {source["name"]: source for source in manifest["sources"]}
-    assert set(sources) == {"backend", "redis", "config"}
-    for source in sources.values():
-        assert source["verification"]["status"] == "passed", source
     # The Redis snapshot holds what the api and the workers wrote (counter, heartbeats).
     assert sources["redis"]["fingerprint"]["keys"] >= 2, sources["redis"]
-    config = backups / manifest["backup_id"] / sources["config"]["artifacts"][0]["name"]
-    raw = subprocess.run(["zstd", "-dc", str(config)], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+    with backend2.artifact(manifest, sources["config"]) as tar:
         listing = tar.getnames()
     for name in ("docker-compose.yml", ".env", "backend2.yaml"):
         assert any(entry.endswith(name) for entry in listing), (name, listing)
 
 
 def test_upgrade_to_1_1_0_keeps_the_data_written_before(backend2: Replica) -> None:
-    at(backend2, "1.0.0")
+    backend2.at("1.0.0", serving)
     ids = [submit(backend2, queue, {"before": queue}) for queue in QUEUES]
     for task_id in ids:
         assert finished(backend2, task_id)["status"] == "done"
-    with pg(backend2) as conn:
+    with backend2.pg() as conn:
         before = {
             row[0]: (row[1], json.loads(row[2]), row[3])
             for row in conn.execute("SELECT id, queue, payload, created_at FROM tasks")
@@ -350,7 +256,7 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(backend2: Replica) -> No
     assert result.returncode == 0, out[-6000:]
     assert serving(backend2, "1.1.0")
     assert schema_head(backend2) == ["0002"]
-    with pg(backend2) as conn:
+    with backend2.pg() as conn:
         after = {
             row[0]: (row[1], row[2], row[3])
             for row in conn.execute("SELECT id, queue, payload, created_at FROM tasks")
@@ -376,9 +282,9 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(backend2: Replica) -> No
 def test_never_healthy_release_is_rolled_back_with_every_table_equal(
     backend2: Replica, http_receiver: HttpCapture
 ) -> None:
-    at(backend2, "1.1.0")
+    backend2.at("1.1.0", serving)
     finished(backend2, submit(backend2, "lumina_tasks", {"before": "the crashing workers"}))
-    before = digests(backend2)
+    before = backend2.digests()
 
     result = backend2.dags_test(
         "upgrade", {"version": "1.2.0-worker-crash"}, alert_env(http_receiver)
@@ -387,8 +293,8 @@ def test_never_healthy_release_is_rolled_back_with_every_table_equal(
 
     assert result.returncode != 0, out[-6000:]
     assert serving(backend2, "1.1.0"), out[-6000:]
-    assert digests(backend2) == before
-    text = one_alert(http_receiver)
+    assert backend2.digests() == before
+    text = one_alert(http_receiver, SLACK_TOKEN)
     assert "upgrade backend2 1.1.0 -> 1.2.0-worker-crash failed at verify" in text, text
     assert "crash loop" in text and "No module named 'lumina_sdk'" in text, text
     assert "rolled back to 1.1.0; healthy" in text, text
@@ -405,8 +311,8 @@ def test_never_healthy_release_is_rolled_back_with_every_table_equal(
 def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     backend2: Replica, http_receiver: HttpCapture
 ) -> None:
-    at(backend2, "1.1.0")
-    before = digests(backend2)
+    backend2.at("1.1.0", serving)
+    before = backend2.digests()
 
     result = backend2.dags_test(
         "upgrade", {"version": "1.3.0-broken-migration"}, alert_env(http_receiver)
@@ -417,11 +323,11 @@ def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     # Half-way: 0003 ran in its own transaction and committed before 0004 failed.
     assert "Running upgrade 0002 -> 0003" in out and "Running upgrade 0003 -> 0004" in out
     assert serving(backend2, "1.1.0"), out[-6000:]
-    after = digests(backend2)
+    after = backend2.digests()
     assert "public.task_events" not in after
     assert after == before  # alembic_version back at 0002 too
     assert schema_head(backend2) == ["0002"]
-    text = one_alert(http_receiver)
+    text = one_alert(http_receiver, SLACK_TOKEN)
     assert "upgrade backend2 1.1.0 -> 1.3.0-broken-migration failed at migrate" in text, text
     assert 'column "category" of relation "tasks" does not exist' in text, text
     assert "rolled back to 1.1.0; healthy" in text, text
@@ -437,16 +343,14 @@ def test_log_cleanup_removes_exactly_what_the_rules_name(backend2: Replica) -> N
     old) stay, as do the live app.log and files the patterns do not name; two leftovers
     from a larger backupCount, 40 and 45 days old, and each repository's two images
     older than every release go."""
-    at(backend2, "1.1.0")
+    backend2.at("1.1.0", serving)
     logs = backend2.workdir / "logs"
     assert (logs / "app.log").stat().st_size > 0  # written by the running api
     rotated = [age(logs / f"app.log.{n}", days=n, size=10 * MIB) for n in range(1, 11)]
     stale = [age(logs / "app.log.11", days=40, size=MIB), age(logs / "app.log.12", days=45)]
     unnamed = age(logs / "access.log.1", days=90, size=MIB)
-    old = {name: [f"{PREFIX}-{name}:0.8.0", f"{PREFIX}-{name}:0.9.0"] for name in VERSIONED}
-    for name, references in old.items():
-        for number, reference in enumerate(references):
-            load_dated_image(reference, f"2020-01-0{number + 1}T00:00:00Z")
+    old = {name: load_old_releases(f"{PREFIX}-{name}") for name in VERSIONED}
+    for name in VERSIONED:
         assert all(image_exists(f"{PREFIX}-{name}:{release}") for release in RELEASES)
     before = {name: image_tags(f"{PREFIX}-{name}") for name in VERSIONED}
     files_before = {p.name for p in logs.iterdir()}

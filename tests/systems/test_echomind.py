@@ -14,12 +14,10 @@ the stack's only route (Slack webhook, to a real receiver).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import secrets
 import subprocess
-import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -32,20 +30,21 @@ import pytest
 import yaml
 
 from opsflow.runtimes.compose import compose_base_argv
-from support import REPO_ROOT
 from support.receivers import HttpCapture
 from support.replicas import (
-    REPLICAS_DIR,
-    STACKS_DIR,
     Replica,
     free_ports,
     image_exists,
     image_tags,
-    load_dated_image,
+    load_old_releases,
+    one_alert,
     out_of,
+    post_json,
     replica,
+    shipped_log_roots,
+    slack_connection,
     system_project,
-    table_digests,
+    workdir_of,
 )
 from support.services import free_port, get_json, service_unavailable
 
@@ -123,18 +122,6 @@ def registry(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             process.wait(timeout=10)
 
 
-def workdir_of(root: Path) -> Path:
-    """Where support.replicas copies the replica (the checkout's layout under ``root``)."""
-    return root / REPLICAS_DIR.relative_to(REPO_ROOT) / "echomind"
-
-
-def shipped_log_roots(logs: Path) -> list[dict[str, Any]]:
-    """The shipped file's log rules with this machine's directory: what an operator
-    whose checkout is not /opt/echomind writes in the overlay (lists replace)."""
-    shipped = yaml.safe_load((STACKS_DIR / "echomind.yaml").read_text())
-    return [{**root, "path": str(logs)} for root in shipped["logs"]["roots"]]
-
-
 @pytest.fixture(scope="module")
 def echomind(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     """The replica under its own project, ports and image names; every release built and
@@ -170,7 +157,7 @@ def echomind(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> It
         # a test.
         "services": [{"name": name, "image": image} for name, image in images.items()],
         "backup": {"local_dir": str(root / "backups")},
-        "logs": {"roots": shipped_log_roots(workdir_of(root) / "logs")},
+        "logs": {"roots": shipped_log_roots("echomind", workdir_of("echomind", root) / "logs")},
         "health_gate": {"consecutive": 2, "interval": "1s", "timeout": "15s"},
     }
     connections = {
@@ -190,7 +177,7 @@ def echomind(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> It
         allowed_root=tmp_path_factory.getbasetemp(),
         files=(PROD,),
     ) as deployed:
-        assert deployed.workdir == workdir_of(root)
+        assert deployed.workdir == workdir_of("echomind", root)
         try:
             publish_releases(deployed)
             yield deployed
@@ -235,9 +222,7 @@ def remove_images(registry_host: str) -> None:
 
 def alert_env(receiver: HttpCapture) -> dict[str, str]:
     """A real endpoint for the shipped route: echomind_slack."""
-    slack = {"conn_type": "slackwebhook", "host": f"{receiver.base_url}/slack",
-             "password": SLACK_TOKEN}  # fmt: skip
-    return {"AIRFLOW_CONN_ECHOMIND_SLACK": json.dumps(slack)}
+    return slack_connection("echomind_slack", receiver, SLACK_TOKEN)
 
 
 def api(echomind: Replica) -> str:
@@ -282,36 +267,13 @@ def page_of(release: str) -> str:
     )
 
 
-def pg(echomind: Replica) -> Any:
-    import psycopg
-
-    conn = json.loads(echomind.env["AIRFLOW_CONN_ECHOMIND_POSTGRES"])
-    return psycopg.connect(
-        host="127.0.0.1", port=conn["port"], user="echomind", password=conn["password"],
-        dbname="echomind_db", autocommit=True,
-    )  # fmt: skip
-
-
-def digests(echomind: Replica) -> dict[str, tuple[int, str]]:
-    with pg(echomind) as conn:
-        return table_digests(conn)
-
-
 def migrations(echomind: Replica) -> list[str]:
-    with pg(echomind) as conn:
+    with echomind.pg() as conn:
         return [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
 
 
 def post_email(echomind: Replica, email: dict[str, str]) -> int:
-    request = urllib.request.Request(
-        f"{api(echomind)}/api/v1/emails",
-        data=json.dumps(email).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 201
-        return int(json.loads(response.read())["id"])
+    return int(post_json(f"{api(echomind)}/api/v1/emails", email)["id"])
 
 
 def summary(echomind: Replica, email_id: int, timeout: float = 15.0) -> str | None:
@@ -323,37 +285,6 @@ def summary(echomind: Replica, email_id: int, timeout: float = 15.0) -> str | No
             return str(body["summary"])
         time.sleep(0.3)
     return None
-
-
-def at(echomind: Replica, release: str) -> None:
-    """Make ``release`` the current, healthy release, deploying from nothing if needed."""
-    if echomind.current() == release and serving(echomind, release) and echomind.lock_free():
-        return
-    echomind.reset()
-    for step in dict.fromkeys(["1.0.0", release]):
-        result = echomind.dags_test("deploy", {"version": step})
-        assert result.returncode == 0, out_of(result)[-4000:]
-    assert serving(echomind, release)
-
-
-def one_alert(receiver: HttpCapture) -> str:
-    """The Slack text of the single alert the failed run sent."""
-    receiver.wait_for(1)
-    slack = [r for r in receiver.requests if r["path"] == f"/slack/{SLACK_TOKEN}"]
-    assert len(slack) == 1, receiver.requests
-    assert len(receiver.requests) == 1, receiver.requests
-    return "\n".join(strings_in(json.loads(slack[0]["body"])))
-
-
-def strings_in(value: Any) -> list[str]:
-    """Every string in a JSON document (a Slack message's text and blocks)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, list):
-        return [text for item in value for text in strings_in(item)]
-    return []
 
 
 # ------------------------------------------------------------------------------ tests
@@ -389,7 +320,7 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(
     assert frontend_page(echomind) == (200, page_of("1.0.0"))
     email_id = post_email(echomind, {"sender": "a@example.com", "subject": "first"})
     assert summary(echomind, email_id) == "summary: first"  # the worker took the job
-    with pg(echomind) as conn:
+    with echomind.pg() as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert migrations(echomind) == ["0001_emails"]
     assert echomind.container_health("postgres") == "healthy"
@@ -405,30 +336,12 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(
 
 
 def test_backup_ends_verified_with_every_source_of_the_stack_file(echomind: Replica) -> None:
-    at(echomind, "1.0.0")
+    echomind.at("1.0.0", serving)
     post_email(echomind, {"sender": "b@example.com", "subject": "in the backup"})
-    backups = echomind.root / "backups"
-    known = {p.parent.name for p in backups.glob("*/manifest.json")}
 
-    result = echomind.dags_test("backup", {})
-    out = out_of(result)
+    manifest, sources = echomind.verified_backup({"echomind_db", "redis", "config"})
 
-    assert result.returncode == 0, out[-6000:]
-    manifests = [
-        json.loads(p.read_text())
-        for p in sorted(backups.glob("*/manifest.json"))
-        if p.parent.name not in known
-    ]
-    assert len(manifests) == 1, out[-4000:]
-    manifest = manifests[0]
-    assert manifest["status"] == "verified"
-    sources = {source["name"]: source for source in manifest["sources"]}
-    assert set(sources) == {"echomind_db", "redis", "config"}
-    for source in sources.values():
-        assert source["verification"]["status"] == "passed", source
-    config = backups / manifest["backup_id"] / sources["config"]["artifacts"][0]["name"]
-    raw = subprocess.run(["zstd", "-dc", str(config)], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+    with echomind.artifact(manifest, sources["config"]) as tar:
         listing = tar.getnames()
     for name in CONFIGS:
         assert any(entry.endswith(f"backend/configs/{name}") for entry in listing), listing
@@ -439,7 +352,7 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(
 ) -> None:
     from opsflow.runtimes.engine import registry_manifest
 
-    at(echomind, "1.0.0")
+    echomind.at("1.0.0", serving)
     # The preflight asks the registry, through the engine, for what is not local yet.
     backend = f"{registry.host}/{OWNER}/echomind-backend"
     assert not image_exists(f"{backend}:1.1.0")
@@ -447,7 +360,7 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(
     with pytest.raises(LookupError, match=r"not found|unknown"):
         registry_manifest(f"{backend}:9.9.9-never-pushed")
     email_id = post_email(echomind, {"sender": "c@example.com", "subject": "before the upgrade"})
-    with pg(echomind) as conn:
+    with echomind.pg() as conn:
         before = list(
             conn.execute("SELECT id, sender, subject, received_at FROM emails ORDER BY id")
         )
@@ -459,7 +372,7 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(
     assert "pullable: 2 local, 3 in the registry" in out, out[-6000:]
     assert serving(echomind, "1.1.0")
     assert migrations(echomind) == ["0001_emails", "0002_email_labels"]
-    with pg(echomind) as conn:
+    with echomind.pg() as conn:
         after = list(
             conn.execute("SELECT id, sender, subject, received_at FROM emails ORDER BY id")
         )
@@ -469,7 +382,7 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(
             "label": "inbox"} in emails  # fmt: skip
     # 1.1.0 writes what 1.0.0 could not: the label; the worker still takes the jobs.
     new_id = post_email(echomind, {"sender": "d@example.com", "subject": "after", "label": "work"})
-    with pg(echomind) as conn:
+    with echomind.pg() as conn:
         assert conn.execute("SELECT label FROM emails WHERE id = %s", (new_id,)).fetchone() == (
             "work",
         )
@@ -487,9 +400,9 @@ def test_crash_looping_release_is_rolled_back_with_every_table_equal(
     """1.2.0 requires a config key (ai.embedding.provider) the operator's config.yaml,
     made from the older example and kept by every deploy since, does not have: its backend
     exits at every start and Docker restarts it."""
-    at(echomind, "1.1.0")
+    echomind.at("1.1.0", serving)
     post_email(echomind, {"sender": "e@example.com", "subject": "before the crash", "label": "x"})
-    before = digests(echomind)
+    before = echomind.digests()
     config_before = (echomind.workdir / "backend" / "configs" / "config.yaml").read_bytes()
 
     result = echomind.dags_test(
@@ -499,9 +412,9 @@ def test_crash_looping_release_is_rolled_back_with_every_table_equal(
 
     assert result.returncode != 0, out[-6000:]
     assert serving(echomind, "1.1.0"), out[-6000:]
-    assert digests(echomind) == before
+    assert echomind.digests() == before
     assert (echomind.workdir / "backend" / "configs" / "config.yaml").read_bytes() == config_before
-    text = one_alert(http_receiver)
+    text = one_alert(http_receiver, SLACK_TOKEN, alone=True)
     assert "upgrade echomind 1.1.0 -> 1.2.0-crash-loop failed at verify" in text, text
     assert "server" in text and "ai.embedding.provider is required" in text, text
     assert "rolled back to 1.1.0; healthy" in text, text
@@ -513,8 +426,8 @@ def test_crash_looping_release_is_rolled_back_with_every_table_equal(
 def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     echomind: Replica, http_receiver: HttpCapture
 ) -> None:
-    at(echomind, "1.1.0")
-    before = digests(echomind)
+    echomind.at("1.1.0", serving)
+    before = echomind.digests()
 
     result = echomind.dags_test(
         "upgrade", {"version": "1.3.0-broken-migration"}, alert_env(http_receiver)
@@ -524,10 +437,10 @@ def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     assert result.returncode != 0, out[-6000:]
     assert "migrate: 0003_email_owners applied" in out  # half-way: the first step did apply
     assert serving(echomind, "1.1.0"), out[-6000:]
-    after = digests(echomind)
+    after = echomind.digests()
     assert "public.users" not in after
     assert after == before  # schema_migrations back at 0002 too
-    text = one_alert(http_receiver)
+    text = one_alert(http_receiver, SLACK_TOKEN, alone=True)
     assert "upgrade echomind 1.1.0 -> 1.3.0-broken-migration failed at migrate" in text, text
     assert "CREATE INDEX CONCURRENTLY cannot run inside a transaction block" in text, text
     assert "rolled back to 1.1.0; healthy" in text, text
@@ -544,7 +457,7 @@ def test_log_cleanup_removes_exactly_what_its_rules_name(
     compressed yet and files of other names are never touched. Image pruning removes the
     two release images older than the newest three (keep_images_releases) and nothing
     else."""
-    at(echomind, "1.1.0")
+    echomind.at("1.1.0", serving)
     logs = echomind.workdir / "logs"
     assert (logs / "backend.log").stat().st_size > 0  # the backend writes it
     day = 86400.0
@@ -564,9 +477,7 @@ def test_log_cleanup_removes_exactly_what_its_rules_name(
     expired = {name for name, age in ages.items() if name.endswith(".log.gz") and
                name.startswith("backend-") and age > 30}  # fmt: skip
     repository = f"{registry.host}/{OWNER}/echomind-backend"
-    old = [f"{repository}:0.8.0", f"{repository}:0.9.0"]
-    for number, reference in enumerate(old):
-        load_dated_image(reference, f"2020-01-0{number + 1}T00:00:00Z")
+    old = load_old_releases(repository)
     before = image_tags(repository)
     assert set(old) | {f"{repository}:1.0.0", f"{repository}:1.1.0"} <= before
     listing = {p.name for p in logs.iterdir()}

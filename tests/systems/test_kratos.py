@@ -10,29 +10,27 @@ and email, to real receivers).
 
 from __future__ import annotations
 
-import io
-import json
 import secrets
-import subprocess
-import tarfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from support.receivers import HttpCapture, SmtpCapture
+from support.receivers import HttpCapture, SmtpCapture, smtp_connection
 from support.replicas import (
     Replica,
     free_ports,
     image_exists,
     image_tags,
-    load_dated_image,
+    load_old_releases,
+    one_alert,
+    one_mail,
     out_of,
+    post_json,
     replica,
+    slack_connection,
     system_project,
-    table_digests,
 )
 from support.services import get_json
 
@@ -88,37 +86,19 @@ def kratos(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
 
 def alert_env(smtp: SmtpCapture, receiver: HttpCapture) -> dict[str, str]:
     """Real endpoints for the shipped routes: kratos_slack and smtp_default."""
-    return {
-        "AIRFLOW_CONN_KRATOS_SLACK": json.dumps(
-            {
-                "conn_type": "slackwebhook",
-                "host": f"{receiver.base_url}/slack",
-                "password": SLACK_TOKEN,
-            }
-        ),
-        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": smtp.host,
-                "port": smtp.port,
-                "login": smtp.login,
-                "password": smtp.password,
-                "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 0},
-            }
-        ),
-    }
+    return {**slack_connection("kratos_slack", receiver, SLACK_TOKEN), **smtp_connection(smtp)}
 
 
 def healthz(kratos: Replica) -> tuple[int, dict[str, Any]]:
     try:
-        return get_json(f"http://127.0.0.1:{kratos.ports['http']}/healthz")
+        return get_json(kratos.url("http", "/healthz"))
     except OSError as err:
         return 0, {"error": str(err)}
 
 
 def version(kratos: Replica) -> str | None:
     try:
-        return str(get_json(f"http://127.0.0.1:{kratos.ports['http']}/version")[1]["version"])
+        return str(get_json(kratos.url("http", "/version"))[1]["version"])
     except OSError:
         return None
 
@@ -127,71 +107,18 @@ def serving(kratos: Replica, release: str) -> bool:
     return version(kratos) == release and healthz(kratos)[0] == 200
 
 
-def pg(kratos: Replica) -> Any:
-    import psycopg
-
-    conn = json.loads(kratos.env["AIRFLOW_CONN_KRATOS_POSTGRES"])
-    return psycopg.connect(
-        host="127.0.0.1", port=conn["port"], user="postgres", password=conn["password"],
-        dbname="test", autocommit=True,
-    )  # fmt: skip
-
-
-def digests(kratos: Replica) -> dict[str, tuple[int, str]]:
-    with pg(kratos) as conn:
-        return table_digests(conn)
-
-
 def migrations(kratos: Replica) -> list[str]:
-    with pg(kratos) as conn:
+    with kratos.pg() as conn:
         return [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
 
 
 def post_note(kratos: Replica, note: dict[str, str]) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{kratos.ports['http']}/v1/notes",
-        data=json.dumps(note).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 201
-        return int(json.loads(response.read())["id"])
-
-
-def at(kratos: Replica, release: str) -> None:
-    """Make ``release`` the current, healthy release, deploying from nothing if needed."""
-    if kratos.current() == release and serving(kratos, release) and kratos.lock_free():
-        return
-    kratos.reset()
-    for step in dict.fromkeys(["1.0.0", release]):
-        result = kratos.dags_test("deploy", {"version": step})
-        assert result.returncode == 0, out_of(result)[-4000:]
-    assert serving(kratos, release)
+    return int(post_json(kratos.url("http", "/v1/notes"), note)["id"])
 
 
 def one_alert_each(smtp: SmtpCapture, receiver: HttpCapture) -> tuple[str, str]:
     """The Slack text and the mail body of the single alert the failed run sent."""
-    receiver.wait_for(1)
-    slack = [r for r in receiver.requests if r["path"] == f"/slack/{SLACK_TOKEN}"]
-    assert len(slack) == 1, receiver.requests
-    mails = smtp.wait_for(1)
-    assert len(mails) == 1, [m["Subject"] for m in mails]
-    text = "\n".join(strings_in(json.loads(slack[0]["body"])))
-    payload = mails[0].get_payload(decode=True)
-    assert isinstance(payload, bytes)
-    return text, payload.decode()
-
-
-def strings_in(value: Any) -> list[str]:
-    """Every string in a JSON document (a Slack message's text and blocks)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, list):
-        return [text for item in value for text in strings_in(item)]
-    return []
+    return one_alert(receiver, SLACK_TOKEN), one_mail(smtp)
 
 
 def grpc_answer(port: int) -> str:
@@ -229,7 +156,7 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(kratos: Rep
     }  # fmt: skip
     assert version(kratos) == "1.0.0"
     assert grpc_answer(kratos.ports["grpc"]) == "UNIMPLEMENTED"  # a gRPC server answered
-    with pg(kratos) as conn:
+    with kratos.pg() as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert migrations(kratos) == ["0001_notes"]
     assert kratos.container_health("db") == "healthy"
@@ -242,38 +169,20 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(kratos: Rep
 
 
 def test_backup_ends_verified_with_every_source_of_the_stack_file(kratos: Replica) -> None:
-    at(kratos, "1.0.0")
+    kratos.at("1.0.0", serving)
     post_note(kratos, {"body": "in the backup"})
-    backups = kratos.root / "backups"
-    known = {p.parent.name for p in backups.glob("*/manifest.json")}
 
-    result = kratos.dags_test("backup", {})
-    out = out_of(result)
+    manifest, sources = kratos.verified_backup({"kratos_db", "redis", "config"})
 
-    assert result.returncode == 0, out[-6000:]
-    manifests = [
-        json.loads(p.read_text())
-        for p in sorted(backups.glob("*/manifest.json"))
-        if p.parent.name not in known
-    ]
-    assert len(manifests) == 1, out[-4000:]
-    manifest = manifests[0]
-    assert manifest["status"] == "verified"
-    sources = {source["name"]: source for source in manifest["sources"]}
-    assert set(sources) == {"kratos_db", "redis", "config"}
-    for source in sources.values():
-        assert source["verification"]["status"] == "passed", source
-    config = backups / manifest["backup_id"] / sources["config"]["artifacts"][0]["name"]
-    raw = subprocess.run(["zstd", "-dc", str(config)], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+    with kratos.artifact(manifest, sources["config"]) as tar:
         listing = tar.getnames()
     assert any(name.endswith("configs/config.yaml") for name in listing), listing
 
 
 def test_upgrade_to_1_1_0_keeps_the_data_written_before(kratos: Replica) -> None:
-    at(kratos, "1.0.0")
+    kratos.at("1.0.0", serving)
     note_id = post_note(kratos, {"body": "written before the upgrade"})
-    with pg(kratos) as conn:
+    with kratos.pg() as conn:
         before = list(conn.execute("SELECT id, body, created_at FROM notes ORDER BY id"))
 
     result = kratos.dags_test("upgrade", {"version": "1.1.0"})
@@ -282,13 +191,13 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(kratos: Replica) -> None
     assert result.returncode == 0, out[-6000:]
     assert serving(kratos, "1.1.0")
     assert migrations(kratos) == ["0001_notes", "0002_note_authors"]
-    with pg(kratos) as conn:
+    with kratos.pg() as conn:
         assert list(conn.execute("SELECT id, body, created_at FROM notes ORDER BY id")) == before
-    notes = get_json(f"http://127.0.0.1:{kratos.ports['http']}/v1/notes")[1]["notes"]
+    notes = get_json(kratos.url("http", "/v1/notes"))[1]["notes"]
     assert {"id": note_id, "body": "written before the upgrade", "author": "legacy"} in notes
     # 1.1.0 writes what 1.0.0 could not: the author.
     new_id = post_note(kratos, {"body": "after the upgrade", "author": "ops"})
-    with pg(kratos) as conn:
+    with kratos.pg() as conn:
         row = conn.execute("SELECT author FROM notes WHERE id = %s", (new_id,)).fetchone()
     assert row == ("ops",)
     entry = kratos.last("upgrade")
@@ -301,9 +210,9 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(kratos: Replica) -> None
 def test_never_healthy_release_is_rolled_back_with_every_table_equal(
     kratos: Replica, smtp_server: SmtpCapture, http_receiver: HttpCapture
 ) -> None:
-    at(kratos, "1.1.0")
+    kratos.at("1.1.0", serving)
     post_note(kratos, {"body": "before the unhealthy upgrade", "author": "ops"})
-    before = digests(kratos)
+    before = kratos.digests()
 
     result = kratos.dags_test(
         "upgrade", {"version": "1.2.0-unhealthy"}, alert_env(smtp_server, http_receiver)
@@ -312,7 +221,7 @@ def test_never_healthy_release_is_rolled_back_with_every_table_equal(
 
     assert result.returncode != 0, out[-6000:]
     assert serving(kratos, "1.1.0"), out[-6000:]
-    assert digests(kratos) == before
+    assert kratos.digests() == before
     text, mail = one_alert_each(smtp_server, http_receiver)
     for message in (text, mail):
         assert "upgrade kratos 1.1.0 -> 1.2.0-unhealthy failed at verify" in message, message
@@ -326,8 +235,8 @@ def test_never_healthy_release_is_rolled_back_with_every_table_equal(
 def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     kratos: Replica, smtp_server: SmtpCapture, http_receiver: HttpCapture
 ) -> None:
-    at(kratos, "1.1.0")
-    before = digests(kratos)
+    kratos.at("1.1.0", serving)
+    before = kratos.digests()
 
     result = kratos.dags_test(
         "upgrade", {"version": "1.3.0-broken-migration"}, alert_env(smtp_server, http_receiver)
@@ -337,7 +246,7 @@ def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     assert result.returncode != 0, out[-6000:]
     assert "migrate: 0003_audit_log applied" in out  # half-way: the first step did apply
     assert serving(kratos, "1.1.0"), out[-6000:]
-    after = digests(kratos)
+    after = kratos.digests()
     assert "public.audit_log" not in after
     assert after == before  # schema_migrations back at 0002 too
     text, mail = one_alert_each(smtp_server, http_receiver)
@@ -355,11 +264,9 @@ def test_log_cleanup_prunes_exactly_the_images_its_rules_name(kratos: Replica) -
     the images of old releases (keep_images_releases: 3, default). Two release images
     older than the newest three and than the current and previous release must go;
     every other image of the app stays."""
-    at(kratos, "1.1.0")
+    kratos.at("1.1.0", serving)
     repository = f"{PREFIX}/app"
-    old = [f"{repository}:0.8.0", f"{repository}:0.9.0"]
-    for number, reference in enumerate(old):
-        load_dated_image(reference, f"2020-01-0{number + 1}T00:00:00Z")
+    old = load_old_releases(repository)
     kept = {f"{repository}:{release}" for release in RELEASES}
     assert all(image_exists(reference) for reference in kept)
     before = image_tags(repository)

@@ -15,36 +15,34 @@ receiver).
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import subprocess
-import sys
-import tarfile
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from support.receivers import HttpCapture
 from support.replicas import (
-    REPLICAS_DIR,
     Replica,
+    beyond_the_kept,
+    fetch_moto_wheels,
     free_ports,
     image_exists,
     image_tags,
-    load_dated_image,
+    load_old_releases,
+    one_alert,
     out_of,
     password,
+    post_json,
     replica,
+    slack_connection,
     system_project,
-    table_digests,
+    workdir_of,
 )
 from support.s3 import S3Server
-from support.services import get_json
 
 pytestmark = pytest.mark.systems
 
@@ -62,7 +60,7 @@ def weknora(
 ) -> Iterator[Replica]:
     """The replica under its own project, ports and images; every release built once."""
     root = tmp_path_factory.mktemp("weknora")
-    workdir = root / REPLICAS_DIR.relative_to(REPLICAS_DIR.parents[1]) / "weknora"
+    workdir = workdir_of("weknora", root)
     ports = free_ports(
         "frontend", "app", "docreader", "postgres", "redis", "minio", "minio_console",
         "neo4j_http", "neo4j_bolt", "jaeger_ui",
@@ -140,32 +138,9 @@ def weknora(
         yield deployed
 
 
-def fetch_moto_wheels(context: Path) -> None:
-    """The MinIO stand-in's pinned wheels, fetched by the host's pip (README.md): a build
-    container has no trusted route to PyPI, so the image installs them with --no-index."""
-    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-            "--only-binary=:all:", "-r", str(context / "requirements.txt"),
-            "-d", str(context / "wheels")]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"{argv}: {done.stderr[-3000:]}"
-
-
 def slack_env(receiver: HttpCapture) -> dict[str, str]:
     """A real endpoint for the shipped route, weknora_slack."""
-    conn = {"conn_type": "slackwebhook", "host": f"{receiver.base_url}/slack",
-            "password": SLACK_TOKEN}  # fmt: skip
-    return {"AIRFLOW_CONN_WEKNORA_SLACK": json.dumps(conn)}
-
-
-def url(weknora: Replica, port: str, path: str) -> str:
-    return f"http://127.0.0.1:{weknora.ports[port]}{path}"
-
-
-def answer(weknora: Replica, port: str, path: str) -> tuple[int, dict[str, Any]]:
-    try:
-        return get_json(url(weknora, port, path))
-    except (OSError, ValueError) as err:  # not listening, or an HTML error page
-        return 0, {"error": str(err)}
+    return slack_connection("weknora_slack", receiver, SLACK_TOKEN)
 
 
 def docreader_health(weknora: Replica) -> str:
@@ -185,10 +160,10 @@ def docreader_health(weknora: Replica) -> str:
 
 def serving(weknora: Replica, release: str) -> bool:
     """/health is ok for ``release``, through the frontend too, and docreader SERVING."""
-    status, body = answer(weknora, "app", "/health")
+    status, body = weknora.answer("app", "/health")
     if status != 200 or body.get("status") != "ok" or body.get("version") != release:
         return False
-    status, body = answer(weknora, "frontend", "/health")
+    status, body = weknora.answer("frontend", "/health")
     return (
         status == 200
         and body.get("version") == release
@@ -196,89 +171,24 @@ def serving(weknora: Replica, release: str) -> bool:
     )
 
 
-def pg(weknora: Replica) -> Any:
-    import psycopg
-
-    conn = json.loads(weknora.env["AIRFLOW_CONN_WEKNORA_POSTGRES"])
-    return psycopg.connect(
-        host="127.0.0.1", port=conn["port"], user=DB_USER, password=conn["password"],
-        dbname=DB_NAME, autocommit=True,
-    )  # fmt: skip
-
-
-def digests(weknora: Replica) -> dict[str, tuple[int, str]]:
-    with pg(weknora) as conn:
-        return table_digests(conn)
-
-
 def schema_version(weknora: Replica) -> tuple[int, bool]:
-    with pg(weknora) as conn:
+    with weknora.pg() as conn:
         row = conn.execute("SELECT version, dirty FROM schema_migrations").fetchone()
     assert row is not None
     return int(row[0]), bool(row[1])
 
 
-def bucket(weknora: Replica) -> Any:
-    import boto3
-
-    conn = json.loads(weknora.env["AIRFLOW_CONN_WEKNORA_MINIO"])
-    return boto3.client(
-        "s3", endpoint_url=conn["extra"]["endpoint_url"], region_name="us-east-1",
-        aws_access_key_id=conn["login"], aws_secret_access_key=conn["password"],
-    )  # fmt: skip
-
-
 def cache(weknora: Replica) -> Any:
     import redis
 
-    conn = json.loads(weknora.env["AIRFLOW_CONN_WEKNORA_REDIS"])
+    conn = weknora.connection("weknora_redis")
     return redis.Redis(host="127.0.0.1", port=conn["port"], password=conn["password"])
 
 
 def post_knowledge(weknora: Replica, knowledge: dict[str, str]) -> dict[str, Any]:
     """A document through the frontend: read by docreader over gRPC, stored in the bucket,
     a row in PostgreSQL, its key in Redis."""
-    request = urllib.request.Request(
-        url(weknora, "frontend", "/api/v1/knowledge"),
-        data=json.dumps(knowledge).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 201
-        return dict(json.loads(response.read()))
-
-
-def at(weknora: Replica, release: str) -> None:
-    """Make ``release`` the current, healthy release, deploying from nothing if needed."""
-    if weknora.current() == release and serving(weknora, release) and weknora.lock_free():
-        return
-    weknora.reset()
-    result = weknora.dags_test("deploy", {"version": "1.0.0"})
-    assert result.returncode == 0, out_of(result)[-4000:]
-    if release != "1.0.0":
-        result = weknora.dags_test("upgrade", {"version": release})
-        assert result.returncode == 0, out_of(result)[-4000:]
-    assert serving(weknora, release)
-
-
-def one_alert(receiver: HttpCapture) -> str:
-    """The text of the single Slack alert the failed run sent."""
-    receiver.wait_for(1)
-    slack = [r for r in receiver.requests if r["path"] == f"/slack/{SLACK_TOKEN}"]
-    assert len(slack) == 1, receiver.requests
-    return "\n".join(strings_in(json.loads(slack[0]["body"])))
-
-
-def strings_in(value: Any) -> list[str]:
-    """Every string in a JSON document (a Slack message's text and blocks)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, list):
-        return [text for item in value for text in strings_in(item)]
-    return []
+    return post_json(weknora.url("frontend", "/api/v1/knowledge"), knowledge, timeout=10)
 
 
 def log_config(container: str) -> dict[str, Any]:
@@ -287,26 +197,6 @@ def log_config(container: str) -> dict[str, Any]:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return dict(json.loads(out))
-
-
-def created_ns(reference: str) -> int:
-    """An image's creation time in nanoseconds (Docker's RFC 3339 with up to 9 digits)."""
-    text = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{.Created}}", reference],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    stamp, _, fraction = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
-    return int(seconds) * 10**9 + int((fraction + "0" * 9)[:9])
-
-
-def beyond_the_kept(repository: str, keep: int = 3) -> set[str]:
-    """The tags of ``repository`` log cleanup may prune (logs.keep_images_releases, default
-    3): neither among the newest ``keep`` by creation (ties by name) nor the current
-    (1.1.0) or previous (1.0.0) release."""
-    tags = sorted(image_tags(repository), key=lambda ref: (-created_ns(ref), ref))
-    protected = {f"{repository}:1.1.0", f"{repository}:1.0.0", *tags[:keep]}
-    return set(tags) - protected
 
 
 # ------------------------------------------------------------------------------ tests
@@ -318,11 +208,11 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(weknora: Re
     out = out_of(result)
 
     assert result.returncode == 0, out[-6000:]
-    status, body = answer(weknora, "app", "/health")
+    status, body = weknora.answer("app", "/health")
     assert (status, body) == (200, {"status": "ok", "version": "1.0.0"}), body
-    status, body = answer(weknora, "frontend", "/health")  # nginx proxies to app:8080
+    status, body = weknora.answer("frontend", "/health")  # nginx proxies to app:8080
     assert status == 200 and body["status"] == "ok", body
-    with urllib.request.urlopen(url(weknora, "frontend", "/"), timeout=5) as page:
+    with urllib.request.urlopen(weknora.url("frontend", "/"), timeout=5) as page:
         assert b"WeKnora" in page.read()
     assert docreader_health(weknora) == "SERVING"  # the real grpc.health.v1 protocol
     # Docker's own verdicts: curl /health, grpc_health_probe, pg_isready.
@@ -330,7 +220,7 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(weknora: Re
         assert weknora.container_health(service) == "healthy", service
     # golang-migrate's contract: one row, the last version applied, clean.
     assert schema_version(weknora) == (1, False)
-    with pg(weknora) as conn:
+    with weknora.pg() as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables "
                                                  "WHERE schemaname = 'public'")}  # fmt: skip
         extensions = {row[0] for row in conn.execute("SELECT extname FROM pg_extension")}
@@ -339,15 +229,15 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(weknora: Re
     assert "1/u init" in out  # the migration's own output
     assert cache(weknora).ping() is True  # with the password, AOF on
     assert cache(weknora).info("persistence")["aof_enabled"] == 1
-    with urllib.request.urlopen(url(weknora, "minio", "/minio/health/live"), timeout=5) as live:
+    with urllib.request.urlopen(weknora.url("minio", "/minio/health/live"), timeout=5) as live:
         assert live.status == 200
-    assert "weknora" in {b["Name"] for b in bucket(weknora).list_buckets()["Buckets"]}
-    status, body = answer(weknora, "neo4j_http", "/")
+    assert "weknora" in {b["Name"] for b in weknora.bucket().list_buckets()["Buckets"]}
+    status, body = weknora.answer("neo4j_http", "/")
     assert status == 200 and body["bolt_direct"].endswith(":7687"), body
     with socket.create_connection(("127.0.0.1", weknora.ports["neo4j_bolt"]), timeout=5) as bolt:
         bolt.sendall(b"\x60\x60\xb0\x17" + b"\x00\x00\x04\x04" + b"\x00" * 12)
         assert bolt.recv(4) == b"\x00\x00\x04\x04"  # Bolt 4.4 agreed
-    with urllib.request.urlopen(url(weknora, "jaeger_ui", "/"), timeout=5) as ui:
+    with urllib.request.urlopen(weknora.url("jaeger_ui", "/"), timeout=5) as ui:
         assert ui.status == 200
     # The gate ran the shipped checks, every port found through the engine.
     for name in ("http GET http://app:8080/health", "grpc docreader:50051",
@@ -369,37 +259,17 @@ def test_deploy_1_0_0_and_every_service_is_healthy_by_its_own_signal(weknora: Re
 def test_backup_ends_verified_with_every_source_of_the_stack_file(
     weknora: Replica, s3_server: S3Server
 ) -> None:
-    at(weknora, "1.0.0")
+    weknora.at("1.0.0", serving, via="upgrade")
     stored = post_knowledge(weknora, {"title": "in the backup", "content": "backed up words"})
-    backups = weknora.root / "backups"
-    known = {p.parent.name for p in backups.glob("*/manifest.json")}
 
-    result = weknora.dags_test("backup", {})
-    out = out_of(result)
+    manifest, sources = weknora.verified_backup({"weknora", "redis", "files", "config"})
 
-    assert result.returncode == 0, out[-6000:]
-    manifests = [
-        json.loads(p.read_text())
-        for p in sorted(backups.glob("*/manifest.json"))
-        if p.parent.name not in known
-    ]
-    assert len(manifests) == 1, out[-4000:]
-    manifest = manifests[0]
-    assert manifest["status"] == "verified"
-    sources = {source["name"]: source for source in manifest["sources"]}
-    assert set(sources) == {"weknora", "redis", "files", "config"}
-    for source in sources.values():
-        assert source["verification"]["status"] == "passed", source
     files = sources["files"]
     assert stored["object_key"] in files["fingerprint"]["sha256"]
-    artifact = backups / manifest["backup_id"] / files["artifacts"][0]["name"]
-    raw = subprocess.run(["zstd", "-dc", str(artifact)], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+    with weknora.artifact(manifest, files) as tar:
         member = tar.extractfile(stored["object_key"])
         assert member is not None and member.read() == b"backed up words"
-    config = backups / manifest["backup_id"] / sources["config"]["artifacts"][0]["name"]
-    raw = subprocess.run(["zstd", "-dc", str(config)], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+    with weknora.artifact(manifest, sources["config"]) as tar:
         names = tar.getnames()
     for wanted in ("config.yaml", "docker-compose.yml", ".env"):
         assert any(name.endswith(wanted) for name in names), (wanted, names)
@@ -411,10 +281,10 @@ def test_backup_ends_verified_with_every_source_of_the_stack_file(
 
 
 def test_upgrade_to_1_1_0_keeps_the_data_written_before(weknora: Replica) -> None:
-    at(weknora, "1.0.0")
+    weknora.at("1.0.0", serving, via="upgrade")
     stored = post_knowledge(weknora, {"title": "before the upgrade", "content": "three old words"})
     query = "SELECT id, title, object_key, word_count, created_at FROM knowledges ORDER BY id"
-    with pg(weknora) as conn:
+    with weknora.pg() as conn:
         before = list(conn.execute(query))
 
     result = weknora.dags_test("upgrade", {"version": "1.1.0"})
@@ -426,19 +296,19 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(weknora: Replica) -> Non
     down = out.index(" down --remove-orphans")
     assert down < out.index("2/u knowledge_tags") < out.rindex(" up --detach"), out[-6000:]
     assert schema_version(weknora) == (2, False)
-    with pg(weknora) as conn:
+    with weknora.pg() as conn:
         assert list(conn.execute(query)) == before
         tags = {row[0] for row in conn.execute("SELECT name FROM tags")}
         old_tag = conn.execute("SELECT tag FROM knowledges WHERE id = %s", (stored["id"],))
         assert old_tag.fetchone() == ("untagged",)  # the migration's backfill
     assert tags == {"untagged", "manual", "faq"}
     # The object store and Redis kept their data through `down` (their volumes stay).
-    body = bucket(weknora).get_object(Bucket="weknora", Key=stored["object_key"])["Body"]
+    body = weknora.bucket().get_object(Bucket="weknora", Key=stored["object_key"])["Body"]
     assert body.read() == b"three old words"
     assert cache(weknora).get(f"weknora:knowledge:{stored['id']}") == stored["object_key"].encode()
     # 1.1.0 writes what 1.0.0 could not: the tag.
     new = post_knowledge(weknora, {"title": "after", "content": "x", "tag": "faq"})
-    with pg(weknora) as conn:
+    with weknora.pg() as conn:
         row = conn.execute("SELECT tag FROM knowledges WHERE id = %s", (new["id"],))
         assert row.fetchone() == ("faq",)
     entry = weknora.last("upgrade")
@@ -451,9 +321,9 @@ def test_upgrade_to_1_1_0_keeps_the_data_written_before(weknora: Replica) -> Non
 def test_never_serving_release_is_rolled_back_with_every_table_equal(
     weknora: Replica, http_receiver: HttpCapture
 ) -> None:
-    at(weknora, "1.1.0")
+    weknora.at("1.1.0", serving, via="upgrade")
     post_knowledge(weknora, {"title": "before the never-serving upgrade", "content": "a b c"})
-    before = digests(weknora)
+    before = weknora.digests()
 
     result = weknora.dags_test(
         "upgrade", {"version": "1.2.0-never-serving"}, slack_env(http_receiver)
@@ -465,8 +335,8 @@ def test_never_serving_release_is_rolled_back_with_every_table_equal(
     # grpc_health_probe healthcheck fails, and Docker calls it unhealthy.
     assert "docreader" in out and "unhealthy" in out, out[-6000:]
     assert serving(weknora, "1.1.0"), out[-6000:]
-    assert digests(weknora) == before
-    text = one_alert(http_receiver)
+    assert weknora.digests() == before
+    text = one_alert(http_receiver, SLACK_TOKEN)
     assert "upgrade weknora 1.1.0 -> 1.2.0-never-serving failed at" in text, text
     assert "docreader" in text and "unhealthy" in text, text
     assert "rolled back to 1.1.0; healthy" in text, text
@@ -478,8 +348,8 @@ def test_never_serving_release_is_rolled_back_with_every_table_equal(
 def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     weknora: Replica, http_receiver: HttpCapture
 ) -> None:
-    at(weknora, "1.1.0")
-    before = digests(weknora)
+    weknora.at("1.1.0", serving, via="upgrade")
+    before = weknora.digests()
 
     result = weknora.dags_test(
         "upgrade", {"version": "1.3.0-broken-migration"}, slack_env(http_receiver)
@@ -491,11 +361,11 @@ def test_half_applied_migration_is_rolled_back_with_every_table_equal(
     assert "3/u chunks" in out, out[-6000:]
     assert "migration failed in line 0: 000004_chunk_backfill.up.sql" in out, out[-6000:]
     assert serving(weknora, "1.1.0"), out[-6000:]
-    after = digests(weknora)
+    after = weknora.digests()
     assert "public.chunks" not in after
     assert after == before
     assert schema_version(weknora) == (2, False)  # the dirty flag went with the restore
-    text = one_alert(http_receiver)
+    text = one_alert(http_receiver, SLACK_TOKEN)
     assert "upgrade weknora 1.1.0 -> 1.3.0-broken-migration failed at migrate" in text, text
     assert 'column "summary" does not exist' in text, text
     assert "rolled back to 1.1.0; healthy" in text, text
@@ -509,11 +379,9 @@ def test_log_cleanup_removes_exactly_what_the_rules_name(weknora: Replica) -> No
     limits (required: 10m x 3) and the images of old releases (keep_images_releases: 3,
     default). Release tags beyond the newest three and the current and previous release go;
     every other image of the three built services stays."""
-    at(weknora, "1.1.0")
+    weknora.at("1.1.0", serving, via="upgrade")
     app = f"{PREFIX}/weknora-app"
-    old = [f"{app}:0.8.0", f"{app}:0.9.0"]
-    for number, reference in enumerate(old):
-        load_dated_image(reference, f"2020-01-0{number + 1}T00:00:00Z")
+    old = load_old_releases(app)
     repositories = [f"{PREFIX}/{name}" for name in VERSIONED]
     before = {repository: image_tags(repository) for repository in repositories}
     prunable = {repository: beyond_the_kept(repository) for repository in repositories}
