@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-stop test lint unit bench-parse bench-logs bench-backup bench-rollback bench-mttr clean
+.PHONY: setup demo demo-stop replica replica-stop replica-known test lint unit bench-parse bench-logs bench-backup bench-rollback bench-mttr clean
 
 setup:
 	scripts/setup.sh
@@ -15,6 +15,19 @@ demo: setup
 
 demo-stop:
 	scripts/demo.sh --stop
+
+# One replica of include/replicas/ under an Airflow standalone of its own, as `make demo`
+# runs the demo: `make replica SYSTEM=kratos`. SYSTEM reaches the program as an argument
+# from the environment (make exports command-line variables), never as shell text.
+replica: replica-known setup
+	$(PYTHON) scripts/replica.py start "$$SYSTEM"
+
+replica-stop: replica-known
+	$(PYTHON) scripts/replica.py stop "$$SYSTEM"
+
+# Before `setup` installs anything: an unknown SYSTEM is named with the five (stdlib only).
+replica-known:
+	@python3 scripts/replica.py check "$${SYSTEM-}"
 
 lint: setup
 	.venv/bin/ruff check plugins dags tests scripts

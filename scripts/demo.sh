@@ -3,6 +3,9 @@
 # demo__deploy, take a first verified backup through demo__backup, and say where to look.
 #   scripts/demo.sh          start (idempotent) and deploy
 #   scripts/demo.sh --stop   stop every process of its Airflow standalone, and the demo stack
+# OPSFLOW_STACK (demo) names another stack to do the same for: `make replica SYSTEM=<name>`
+# (scripts/replica.py) runs it so for a replica, with every setting below its own, and
+# OPSFLOW_STACK_LINKS (lines) saying where to look at the stack itself.
 #
 # Idempotent: a release already recorded in the stack's ledger is not deployed again (the
 # script shows what runs instead), a backup is taken only when none exists, and an Airflow
@@ -29,6 +32,11 @@ export OPSFLOW_STACKS_DIR="${OPSFLOW_STACKS_DIR:-$REPO/include/stacks}"
 PIDFILE="$HOME_DIR/standalone.pid"
 LOG="$HOME_DIR/standalone.log"
 PASSWORD_FILE="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-$HOME_DIR/simple_auth_manager_passwords.json.generated}"
+STACK="${OPSFLOW_STACK:-demo}"
+[[ $STACK =~ ^[a-z0-9][a-z0-9_-]*$ ]] || { echo "demo: OPSFLOW_STACK=$STACK is not a stack name" >&2; exit 2; }
+DEPLOY_DAG="${STACK}__deploy" BACKUP_DAG="${STACK}__backup"
+LINKS="${OPSFLOW_STACK_LINKS:-}"
+if [[ $STACK == demo ]]; then STOP_HINT="make demo-stop"; else STOP_HINT="make replica-stop SYSTEM=$STACK"; fi
 VERSION="${DEMO_VERSION:-1.0.0}"
 UI="http://${AIRFLOW__API__HOST:-127.0.0.1}:${AIRFLOW__API__PORT:-8080}"
 DEMO_API="http://127.0.0.1:${DEMO_API_PORT:-18080}"
@@ -37,7 +45,7 @@ STOP_GRACE="${DEMO_STOP_GRACE:-30}"
 MAX_RESTARTS=2
 RESTARTS=0
 
-say() { echo "demo: $*"; }
+say() { echo "$STACK: $*"; }
 
 # Process, ledger and stack questions, answered in Python (one small program, argv in).
 # Our standalone runs in a session of its own (its pid is in the pid file) and every process
@@ -215,12 +223,12 @@ def cmd_password(path):
         print(json.load(handle).get("admin", "?"))
 
 
-def cmd_stack():
+def cmd_stack(name):
     """Project, backup directory, backup schedule, then the `docker compose` argv."""
     from opsflow.runtimes.compose import ComposeProject
     from opsflow.stack.loader import load_stack
     try:
-        stack = load_stack("demo")
+        stack = load_stack(name)
         project = ComposeProject.for_stack(stack)
     except Exception as err:  # the loader's message names the file, field and value
         sys.exit(f"demo: {err}")
@@ -230,10 +238,10 @@ def cmd_stack():
     print("\n".join(project.base_argv()[2:]))
 
 
-def cmd_current():
+def cmd_current(name):
     """The release the ledger records as running: version, dag, run id, when."""
     from opsflow.releases.ledger import Ledger
-    release = Ledger("demo").current()
+    release = Ledger(name).current()
     if release is not None:
         dag = release.entry.dag_id if release.entry else "?"
         print(f"{release.version}\t{dag}\t{release.run_id}\t{release.recorded_at.isoformat()}")
@@ -369,7 +377,7 @@ watch_airflow() {
 }
 
 wait_api() {
-  echo -n "demo: waiting for the API server at $UI "
+  echo -n "$STACK: waiting for the API server at $UI "
   for _ in $(seq 1 180); do
     curl -fsS "$UI/api/v2/monitor/health" >/dev/null 2>&1 && { echo " up"; return 0; }
     leader_pid >/dev/null || { echo; say "Airflow exited; last lines of $LOG:"; tail -n 30 "$LOG"; exit 1; }
@@ -403,25 +411,33 @@ compose() { OPSFLOW_VERSION="$1" docker compose "${COMPOSE[@]}" "${@:2}"; }
 
 read_stack() {
   local -a lines
-  mapfile -t lines < <(helper stack) || true
+  mapfile -t lines < <(helper stack "$STACK") || true
   if ((${#lines[@]} < 4)); then
-    say "could not read the demo stack file in $OPSFLOW_STACKS_DIR"
+    say "could not read the $STACK stack file in $OPSFLOW_STACKS_DIR"
     return 1
   fi
   PROJECT=${lines[0]} BACKUP_DIR=${lines[1]} BACKUP_SCHEDULE=${lines[2]} COMPOSE=("${lines[@]:3}")
 }
 
-# A database volume older than this checkout's .env was initialised with another password
-# (another checkout's demo on this machine uses the same compose project): say so before the
+# A data volume older than the stack's .env was initialised with another password (another
+# checkout's demo on this machine uses the same compose project): say so before the
 # migration fails with "password authentication failed".
 warn_foreign_volume() {
-  local volume="${PROJECT}_pgdata" env_file="$REPO/include/demo/.env" created
-  created=$(docker volume inspect --format '{{.CreatedAt}}' "$volume" 2>/dev/null) || return 0
-  [[ -e $env_file ]] || return 0
-  if (($(date -d "$created" +%s) < $(stat -c %Y "$env_file"))); then
-    say "WARNING: volume $volume (created $created) is older than $env_file, so its"
+  local env_file="" created volume older="" i
+  for ((i = 0; i < ${#COMPOSE[@]} - 1; i++)); do
+    [[ ${COMPOSE[i]} == --env-file ]] && env_file=${COMPOSE[i + 1]}
+  done
+  [[ -n $env_file && -e $env_file ]] || return 0
+  local -a volumes
+  mapfile -t volumes < <(docker volume ls --quiet --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
+  for volume in "${volumes[@]}"; do
+    created=$(docker volume inspect --format '{{.CreatedAt}}' "$volume" 2>/dev/null) || continue
+    if (($(date -d "$created" +%s) < $(stat -c %Y "$env_file"))); then older="$volume (created $created)"; fi
+  done
+  if [[ -n $older ]]; then
+    say "WARNING: volume $older is older than $env_file, so its"
     say "  database password is probably another checkout's. Use that checkout's .env, or"
-    say "  remove the old data: docker volume rm ${PROJECT}_pgdata ${PROJECT}_redisdata ${PROJECT}_applogs"
+    say "  remove the old data: docker volume rm ${volumes[*]}"
   fi
 }
 
@@ -431,7 +447,7 @@ if [[ ${1:-} == --stop ]]; then
   stop_airflow || status=1
   if read_stack; then
     compose 0 down --remove-orphans
-    say "demo stack $PROJECT stopped (its volumes are kept)"
+    say "$STACK stack $PROJECT stopped (its volumes are kept)"
   else
     status=1
   fi
@@ -446,26 +462,26 @@ read_stack || exit 1
 ensure_airflow
 wait_api
 
-echo -n "demo: waiting for demo__deploy to be parsed "
+echo -n "$STACK: waiting for $DEPLOY_DAG to be parsed "
 parsed=no
 for _ in $(seq 1 90); do
-  "$AF" dags details demo__deploy >/dev/null 2>&1 && { parsed=yes; break; }
+  "$AF" dags details "$DEPLOY_DAG" >/dev/null 2>&1 && { parsed=yes; break; }
   echo -n .
   sleep 2
 done
 echo
 if [[ $parsed == no ]]; then
-  say "demo__deploy did not appear; see ./scripts/airflow dags list-import-errors"
+  say "$DEPLOY_DAG did not appear; see ./scripts/airflow dags list-import-errors"
   exit 1
 fi
-"$AF" dags unpause demo__deploy >/dev/null
+"$AF" dags unpause "$DEPLOY_DAG" >/dev/null
 
 # Deploy only when the ledger records no release: run again after an upgrade, `make demo`
 # must not put 1.0.0 back (its migration fails on the newer schema).
-release=$(helper current)
+release=$(helper current "$STACK")
 if [[ -n $release ]]; then
   IFS=$'\t' read -r VERSION by_dag by_run at <<<"$release"
-  say "release $VERSION of stack demo is deployed (recorded $at by $by_dag run $by_run); not deploying again"
+  say "release $VERSION of stack $STACK is deployed (recorded $at by $by_dag run $by_run); not deploying again"
   deploy_line="already deployed: release $VERSION"
   deployed=yes
   mapfile -t want < <(compose "$VERSION" config --services | sort)
@@ -473,57 +489,60 @@ if [[ -n $release ]]; then
   if [[ "${want[*]}" != "${have[*]}" ]]; then
     say "not every container of $VERSION runs (running: ${have[*]:-none}); starting them"
     if ! compose "$VERSION" up --detach --no-build --pull never --remove-orphans --wait; then
-      say "could not start release $VERSION; deploy it again: ./scripts/airflow dags trigger demo__deploy --conf '{\"version\": \"$VERSION\"}'"
+      say "could not start release $VERSION; deploy it again: ./scripts/airflow dags trigger $DEPLOY_DAG --conf '{\"version\": \"$VERSION\"}'"
       deployed=no
     fi
   fi
 else
-  RUN_ID=$(active_run demo__deploy)
+  RUN_ID=$(active_run "$DEPLOY_DAG")
   if [[ -n $RUN_ID ]]; then
-    say "demo__deploy run $RUN_ID is not finished yet; waiting for it"
+    say "$DEPLOY_DAG run $RUN_ID is not finished yet; waiting for it"
   else
     warn_foreign_volume
-    RUN_ID="demo-deploy-$VERSION-$(date -u +%Y%m%dT%H%M%S)"
-    "$AF" dags trigger demo__deploy --run-id "$RUN_ID" --conf "{\"version\": \"$VERSION\"}" >/dev/null
-    say "triggered demo__deploy ($RUN_ID) for version $VERSION; the first build takes a few minutes"
+    RUN_ID="${STACK}-deploy-$VERSION-$(date -u +%Y%m%dT%H%M%S)"
+    "$AF" dags trigger "$DEPLOY_DAG" --run-id "$RUN_ID" --conf "{\"version\": \"$VERSION\"}" >/dev/null
+    say "triggered $DEPLOY_DAG ($RUN_ID) for version $VERSION; the first build takes a few minutes"
   fi
-  wait_run demo__deploy "$RUN_ID"
-  deploy_line="demo__deploy run $RUN_ID: ${RUN_STATE:-still running}"
+  wait_run "$DEPLOY_DAG" "$RUN_ID"
+  deploy_line="$DEPLOY_DAG run $RUN_ID: ${RUN_STATE:-still running}"
   deployed=$([[ $RUN_STATE == success ]] && echo yes || echo no)
 fi
 
 # The nightly backup is scheduled from now on; take a first one by hand, verified, unless
 # one exists already.
-backup_line="demo__backup: skipped (the stack is not deployed)"
+backup_line="$BACKUP_DAG: skipped (the stack is not deployed)"
 backup_ok=no
 if [[ $deployed == yes ]]; then
-  "$AF" dags unpause demo__backup >/dev/null
+  "$AF" dags unpause "$BACKUP_DAG" >/dev/null
   newest=$([[ -n $BACKUP_DIR ]] && helper backups "$BACKUP_DIR" || true)
   if [[ -n $newest ]]; then
-    backup_line="demo__backup: backup ${newest%%$'\t'*} exists (taken ${newest#*$'\t'}); not taking another"
+    backup_line="$BACKUP_DAG: backup ${newest%%$'\t'*} exists (taken ${newest#*$'\t'}); not taking another"
     backup_ok=yes
   else
-    BACKUP_RUN=$(active_run demo__backup)
+    BACKUP_RUN=$(active_run "$BACKUP_DAG")
     if [[ -z $BACKUP_RUN && -n $BACKUP_SCHEDULE ]]; then
       # Unpausing a scheduled DAG makes the scheduler start the run of its latest slot at
       # once (catchup is off): that is the first backup, not a second one beside it.
       for _ in $(seq 1 6); do
         sleep 5
-        BACKUP_RUN=$(active_run demo__backup)
+        BACKUP_RUN=$(active_run "$BACKUP_DAG")
         [[ -n $BACKUP_RUN ]] && break
       done
     fi
     if [[ -z $BACKUP_RUN ]]; then
-      BACKUP_RUN="demo-backup-$(date -u +%Y%m%dT%H%M%S)"
-      "$AF" dags trigger demo__backup --run-id "$BACKUP_RUN" >/dev/null
+      BACKUP_RUN="${STACK}-backup-$(date -u +%Y%m%dT%H%M%S)"
+      "$AF" dags trigger "$BACKUP_DAG" --run-id "$BACKUP_RUN" >/dev/null
     fi
-    say "demo__backup ($BACKUP_RUN): dump, restore into a scratch server, compare, publish"
-    wait_run demo__backup "$BACKUP_RUN"
-    backup_line="demo__backup run $BACKUP_RUN: ${RUN_STATE:-still running}"
+    say "$BACKUP_DAG ($BACKUP_RUN): dump, restore into a scratch server, compare, publish"
+    wait_run "$BACKUP_DAG" "$BACKUP_RUN"
+    backup_line="$BACKUP_DAG run $BACKUP_RUN: ${RUN_STATE:-still running}"
     [[ $RUN_STATE == success ]] && backup_ok=yes
   fi
 fi
 
+if [[ $STACK == demo && -z $LINKS ]]; then
+  LINKS="  Demo API   : $DEMO_API/version   $DEMO_API/health/ready"
+fi
 PASSWORD=$(helper password "$PASSWORD_FILE" 2>/dev/null || echo "see $PASSWORD_FILE")
 BACKUPS_IN=${BACKUP_DIR:-"the S3 destination of the stack file"}
 echo
@@ -533,8 +552,8 @@ cat <<MSG
 
 $deploy_line
 $backup_line (backups in $BACKUPS_IN)
-  Airflow UI : $UI/dags/demo__deploy   (login: admin / $PASSWORD)
-  Demo API   : $DEMO_API/version   $DEMO_API/health/ready
-  Stop all   : make demo-stop
+  Airflow UI : $UI/dags/$DEPLOY_DAG   (login: admin / $PASSWORD)
+$LINKS
+  Stop all   : $STOP_HINT
 MSG
 [[ $deployed == yes && $backup_ok == yes ]]

@@ -267,7 +267,8 @@ class ComposeProject(Runtime):
         paths = [(f"compose/{name}", self.working_dir / name) for name in self.runtime.files]
         if self.runtime.env_file:
             env = self.runtime.env_file
-            paths.append((f"compose/{env}", self.working_dir / env))
+            # An absolute env file (a replica's, outside the checkout) is named by its path.
+            paths.append((f"compose/{env.lstrip('/')}", self.working_dir / env))
         for listed in self.stack.backup.sources.files:
             paths.append((f"config/{listed.lstrip('/')}", self.host_path(listed)))
         return paths
