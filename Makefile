@@ -39,7 +39,7 @@ lint: setup
 # (tests/support/demo.py). PYTEST_WORKERS=0 runs everything in this process, in order.
 PYTEST_WORKERS ?= 2
 test: setup lint
-	CI=$${CI:-} .venv/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	CI=$${CI:-} .venv/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 unit: setup
 	.venv/bin/pytest tests/unit tests/dags -m "not integration and not e2e" $(PYTEST_ARGS)

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from opsflow.runtimes.compose import compose_base_argv
-from support import REPO_ROOT
+from support import REPO_ROOT, dag_tests
 from support.demo import AIRFLOW_CLI, without_demo_settings
 from support.receivers import HttpCapture, SmtpCapture
 from support.services import free_port, get_json, service_unavailable
@@ -66,6 +66,23 @@ def shipped_log_roots(system: str, logs: Path) -> list[dict[str, Any]]:
     """The shipped log rules with this machine's directory: what an operator whose checkout
     is elsewhere writes in the overlay (lists replace, so every root is repeated)."""
     return [{**root, "path": str(logs)} for root in shipped_stack(system)["logs"]["roots"]]
+
+
+def untracked_in(source: Path) -> Callable[[str, list[str]], set[str]]:
+    """A ``copytree`` filter leaving out what git ignores under ``source``: what a user's
+    ``make replica`` left in the checkout (logs, configs made from examples, wheels, .env)
+    must not reach a test's copy."""
+    listed = subprocess.run(
+        ["git", "-C", str(source), "ls-files", "--others", "--ignored", "--exclude-standard",
+         "--directory", "."],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    ignored = {(source / line.rstrip("/")).resolve() for line in listed}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return {n for n in names if n == "__pycache__" or (Path(directory, n).resolve() in ignored)}
+
+    return ignore
 
 
 def require_engine() -> None:
@@ -115,9 +132,8 @@ class Replica:
         env = dict(self.env)
         for more in extra_env:
             env.update(more)
-        argv = [str(AIRFLOW_CLI), "dags", "test", f"{self.system}__{workflow}", "-c",
-                json.dumps(conf)]  # fmt: skip
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        argv = ["dags", "test", f"{self.system}__{workflow}", "-c", json.dumps(conf)]
+        return dag_tests.dags_test(argv, env, self.env)
 
     def compose(self, *args: str, version: str = "0") -> str:
         argv = [*compose_base_argv(self.project, self.workdir, self.files, ".env"), *args]
@@ -309,9 +325,7 @@ def replica(
     # The copy keeps the checkout's layout, so build contexts shared with the demo
     # (``../../../docker/postgres``) resolve the same way there.
     workdir = workdir_of(system, root)
-    shutil.copytree(
-        REPLICAS_DIR / system, workdir, ignore=shutil.ignore_patterns("__pycache__", ".env")
-    )
+    shutil.copytree(REPLICAS_DIR / system, workdir, ignore=untracked_in(REPLICAS_DIR / system))
     (root / "docker").symlink_to(REPO_ROOT / "docker", target_is_directory=True)
     write_env(workdir / ".env", dotenv)
     stacks = root / "stacks"
