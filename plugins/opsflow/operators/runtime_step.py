@@ -69,6 +69,10 @@ class RuntimeStepOperator(StepOperator):
         entry = None if record.dry_run else ledger.get(entry_id(context))
         if self.step in ("migrate", "start"):
             self._prepare_config(runtime, record)
+        if self.step == "start" and not record.dry_run:
+            for line in runtime.clear_interrupted_start():  # a re-run after a kill
+                self.log.warning("Before start: %s", line)
+                record.lines.append(line)
         if entry is not None and self.step == "migrate":
             self._note_migration_start(ledger, entry)
         steps: list[list[str] | None] = [*commands] if commands else [None]

@@ -143,6 +143,11 @@ class Runtime(ABC):
             "has no working dir to resolve it in"
         )
 
+    def clear_interrupted_start(self) -> list[str]:
+        """Remove what an interrupted start left that would make the next one fail; lines
+        saying what was removed. Nothing by default."""
+        return []
+
     def prepare_config(self, *, dry_run: bool = False) -> list[str]:
         """Create the config files a release needs before it starts and that the stack
         makes from examples; lines saying what was (or, dry, would be) done. Nothing by

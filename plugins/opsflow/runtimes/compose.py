@@ -276,6 +276,14 @@ class ComposeProject(Runtime):
     def host_path(self, listed: str) -> Path:
         return Path(listed) if Path(listed).is_absolute() else self.working_dir / listed
 
+    def clear_interrupted_start(self) -> list[str]:
+        from opsflow.runtimes.engine import remove_recreate_leftovers
+
+        return [
+            f"removed {name}: left under Compose's temporary name by an interrupted recreate"
+            for name in remove_recreate_leftovers(self.name)
+        ]
+
     def prepare_config(self, *, dry_run: bool = False) -> list[str]:
         """Copy each missing ``runtime.config_from_examples`` file from its example, as
         the system's guide has the operator do (``cp config.example.yaml config.yaml``),

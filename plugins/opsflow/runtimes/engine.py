@@ -119,6 +119,31 @@ def project_containers(project: str) -> list[ContainerState]:
     return sorted(found, key=lambda c: (c.service, c.name))
 
 
+def remove_recreate_leftovers(project: str) -> list[str]:
+    """Remove the stopped containers an interrupted ``compose up`` left under Compose's
+    temporary name (``<12 hex>_<project>-<service>-<n>``: renamed before their replacement
+    was created, removed after it started); the next ``up`` refuses with a name conflict
+    while they exist. A running one, or one the engine will not remove, is left alone."""
+    import re
+
+    from airflow.providers.docker.hooks.docker import DockerHook
+    from docker.errors import APIError, NotFound
+
+    client = DockerHook(docker_conn_id=None, base_url=docker_url()).api_client
+    leftover = re.compile(rf"^/?[0-9a-f]{{12}}_{re.escape(project)}-")
+    removed = []
+    for row in client.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
+        name = str((row.get("Names") or [""])[0]).lstrip("/")
+        if not leftover.match(name) or row.get("State") == "running":
+            continue
+        try:
+            client.remove_container(row["Id"])
+        except (APIError, NotFound):
+            continue
+        removed.append(name)
+    return removed
+
+
 def _moment(value: Any) -> datetime | None:
     """A Docker timestamp; Docker's zero time (never started) is ``None``."""
     if not isinstance(value, str) or not value or value.startswith("0001-"):
