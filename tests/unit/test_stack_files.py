@@ -44,12 +44,12 @@ def test_stack_file_touches_only_what_it_owns_by_default(
     stack lies in its working dir, its volumes or the default allowed roots."""
     monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
     stack = load_stack_file(path)
-    assert isinstance(stack.runtime, ComposeRuntime)
     owned = (f"{stack.runtime.working_dir}/", *(f"{root}/" for root in DEFAULT_ALLOWED_ROOTS))
     if stack.backup.local_dir:
         assert stack.backup.local_dir.startswith(owned)
     for root in stack.logs.roots:
         if root.volume:
+            assert isinstance(stack.runtime, ComposeRuntime)
             assert root.volume.startswith(f"{stack.runtime.project}_")
 
 
@@ -174,7 +174,7 @@ def test_ai_doc() -> None:
     (variant,) = stack.variants
     assert isinstance(variant, KubernetesRuntime)
     assert variant.namespace == "ai-doc"
-    assert variant.deployments == ["ai-doc-backend"]
+    assert variant.workloads == {"backend": "ai-doc-backend"}
     nginx_logs = stack.logs.roots[0]
     assert (nginx_logs.compress_after_days, nginx_logs.delete_after_days) == (1, 14)
 
@@ -191,7 +191,7 @@ def test_backend2() -> None:
     assert stack.backup.sources.redis
     (variant,) = stack.variants
     assert isinstance(variant, KubernetesRuntime)
-    assert variant.deployments == ["backend-api", "backend-worker-standard"]
+    assert variant.workloads == {"api": "backend-api", "worker-standard": "backend-worker-standard"}
 
 
 def test_weknora() -> None:

@@ -162,15 +162,47 @@ def test_single_expected_status_becomes_a_list() -> None:
     assert check.expect_status == [204]
 
 
+KUBE_VARIANT = {"kind": "kubernetes", "namespace": "shop", "manifests": ["k8s"]}
+
+
 def test_kubernetes_variant_is_accepted_beside_compose() -> None:
     def change(d: dict[str, Any]) -> None:
-        d["variants"] = [{"kind": "kubernetes", "namespace": "shop", "deployments": ["api"]}]
+        d["variants"] = [dict(KUBE_VARIANT)]
 
     stack = parse_stack(stack_data(change), Path("shop.yaml"))
     assert isinstance(stack.runtime, ComposeRuntime)
     variant = stack.variants[0]
     assert isinstance(variant, KubernetesRuntime)
     assert (variant.namespace, variant.kube_conn_id) == ("shop", "kubernetes_default")
+    assert (variant.working_dir, variant.field_manager) == (".", "opsflow")
+
+
+def test_variant_selects_the_operated_runtime() -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["variants"] = [dict(KUBE_VARIANT)]
+        d["variant"] = "kubernetes"
+
+    stack = parse_stack(stack_data(change), Path("shop.yaml"))
+    assert isinstance(stack.runtime, KubernetesRuntime)
+    assert stack.runtime.manifests == ["k8s"]
+    assert [v.kind for v in stack.variants] == ["compose"]
+
+
+def test_variant_of_a_kind_not_described_names_the_field() -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["variant"] = "kubernetes"
+
+    with pytest.raises(StackFileError) as caught:
+        parse_stack(stack_data(change), Path("shop.yaml"))
+    assert "variant: no variant of that kind is described (variants: [])" in str(caught.value)
+
+
+def test_kubernetes_manifests_must_stay_inside_the_working_dir() -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["variants"] = [{**KUBE_VARIANT, "manifests": ["../other/k8s"]}]
+
+    with pytest.raises(StackFileError, match=r"variants\[0\]\.manifests\[0\]"):
+        parse_stack(stack_data(change), Path("shop.yaml"))
 
 
 # ------------------------------------------------------------------------------ durations

@@ -460,11 +460,8 @@ def stack_names(directory: Path | None = None) -> list[str]:
 
 
 def resolve_working_dir(stack: Stack, directory: Path | None = None) -> Path:
-    """The compose working dir, relative paths taken from the stack file's directory."""
-    from opsflow.stack.model import ComposeRuntime
-
-    if not isinstance(stack.runtime, ComposeRuntime):
-        raise TypeError(f"stack {stack.name} does not use the compose runtime")
+    """The runtime's working dir (compose project dir, manifests dir), relative paths taken
+    from the stack file's directory."""
     working = Path(stack.runtime.working_dir)
     if not working.is_absolute():
         working = (directory or stacks_dir()) / working

@@ -233,13 +233,19 @@ class ComposeRuntime(Strict):
 
 
 class KubernetesRuntime(Strict):
-    """A Kubernetes variant of a stack; expressed now, operated by a later issue."""
+    """A stack on a Kubernetes cluster, reached through the cncf-kubernetes provider's
+    connection (kubeconfig or in-cluster)."""
 
     kind: Literal["kubernetes"]
     namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     kube_conn_id: ConnId = "kubernetes_default"
-    manifests: list[str] = Field(default_factory=list)
-    deployments: list[str] = Field(default_factory=list)
+    working_dir: str = Field(default=".", description="relative to the stack file, or absolute")
+    # Manifest files, or directories of them (their *.yaml/*.yml, by name), in the working
+    # dir: together they are one release, rendered with the release's image tags.
+    manifests: list[RelativePath] = Field(min_length=1)
+    field_manager: str = Field(default="opsflow", pattern=r"^[a-z0-9][a-z0-9.-]{0,127}$")
+    # Service -> its Deployment or StatefulSet, where the names differ.
+    workloads: dict[str, str] = Field(default_factory=dict)
 
 
 Runtime = Annotated[ComposeRuntime | KubernetesRuntime, Field(discriminator="kind")]
@@ -513,8 +519,10 @@ class Stack(Strict):
     tags: list[str] = Field(default_factory=list)
     runtime: Runtime
     # Other runtimes the same stack is described for (ai-doc and Backend2 also ship
-    # Kubernetes manifests). Recorded and validated; the workflows operate ``runtime``.
+    # Kubernetes manifests). Recorded and validated; the workflows operate ``runtime``,
+    # or the variant of the kind ``variant`` names (an overlay file selects it).
     variants: list[Runtime] = Field(default_factory=list)
+    variant: Literal["compose", "kubernetes"] | None = None
     services: list[Service] = Field(min_length=1)
     migration: Migration | None = None
     health_gate: HealthGate = HealthGate()
@@ -524,6 +532,29 @@ class Stack(Strict):
     schedules: Schedules = Schedules()
 
     _known_timezone = field_validator("timezone")(known_timezone)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _select_variant(cls, data: Any) -> Any:
+        """``variant: kubernetes`` makes the variant of that kind the operated runtime (the
+        one it replaces becomes a variant), so one overlay line selects it."""
+        if not isinstance(data, dict) or data.get("variant") is None:
+            return data
+        wanted, runtime = data["variant"], data.get("runtime")
+        if isinstance(runtime, dict) and runtime.get("kind") == wanted:
+            return data
+        given = data.get("variants")
+        variants: list[Any] = given if isinstance(given, list) else []
+        found = [
+            i for i, v in enumerate(variants) if isinstance(v, dict) and v.get("kind") == wanted
+        ]
+        if not found:
+            kinds = [v.get("kind") for v in variants if isinstance(v, dict)]
+            raise stack_rule_error(
+                "variant", f"no variant of that kind is described (variants: {kinds})", wanted
+            )
+        swapped = [runtime if i == found[0] else v for i, v in enumerate(variants)]
+        return {**data, "runtime": variants[found[0]], "variants": swapped}
 
     @model_validator(mode="after")
     def _references(self) -> Stack:

@@ -9,8 +9,8 @@ validated exactly as a single file would be. Rules (docs/stack-file.md, "extends
 - ``services`` merge by ``name``: an overlay entry with a base service's name is merged
   into it (its own lists, e.g. ``health``, replace the base's), other entries are added;
 - every other list, and every scalar, replaces the base's value;
-- the overlay's ``name`` defaults to its file name; a relative ``runtime.working_dir`` of
-  the base stays relative to the base file.
+- the overlay's ``name`` defaults to its file name; a relative ``working_dir`` of the
+  base's runtime and variants stays relative to the base file.
 """
 
 from __future__ import annotations
@@ -73,17 +73,28 @@ def merge(base: Any, overlay: Any, *, top: bool = False) -> Any:
     return merged
 
 
-def rebase(base: dict[str, Any], base_file: Path, overlay_file: Path) -> dict[str, Any]:
-    """``base`` with its relative ``runtime.working_dir`` made absolute when the overlay
-    lives in another directory: a path means what it meant in the file that wrote it."""
-    runtime = base.get("runtime")
-    if base_file.parent.resolve() == overlay_file.parent.resolve() or not isinstance(runtime, dict):
-        return base
-    working = runtime.get("working_dir")
+def _rebased_runtime(runtime: Any, base_dir: Path) -> Any:
+    if not isinstance(runtime, dict):
+        return runtime
+    # A Kubernetes runtime's working dir defaults to its stack file's directory.
+    working = runtime.get("working_dir", "." if runtime.get("kind") == "kubernetes" else None)
     if not isinstance(working, str) or Path(working).is_absolute():
+        return runtime
+    return {**runtime, "working_dir": str((base_dir / working).resolve())}
+
+
+def rebase(base: dict[str, Any], base_file: Path, overlay_file: Path) -> dict[str, Any]:
+    """``base`` with the relative ``working_dir`` of its runtime and variants made absolute
+    when the overlay lives in another directory: a path means what it meant in the file
+    that wrote it."""
+    if base_file.parent.resolve() == overlay_file.parent.resolve():
         return base
-    absolute = str((base_file.parent / working).resolve())
-    return {**base, "runtime": {**runtime, "working_dir": absolute}}
+    rebased = dict(base)
+    if "runtime" in base:
+        rebased["runtime"] = _rebased_runtime(base["runtime"], base_file.parent)
+    if isinstance(base.get("variants"), list):
+        rebased["variants"] = [_rebased_runtime(v, base_file.parent) for v in base["variants"]]
+    return rebased
 
 
 def apply(base: dict[str, Any], base_file: Path, overlay: dict[str, Any], path: Path) -> Any:

@@ -173,7 +173,7 @@ def stack_path_problems(stack: Stack, stack_dir: Path) -> list[str]:
 
     ``stack_dir`` is the stack file's directory (relative working dirs start there).
     """
-    from opsflow.stack.model import ComposeRuntime
+    from opsflow.stack.model import ComposeRuntime, KubernetesRuntime
 
     try:
         allowed = allowed_roots()
@@ -183,17 +183,14 @@ def stack_path_problems(stack: Stack, stack_dir: Path) -> list[str]:
     owned: list[PurePosixPath] = list(allowed)
     working: PurePosixPath | None = None
     runtime = stack.runtime
-    if isinstance(runtime, ComposeRuntime):
-        given = Path(runtime.working_dir)
-        working = resolve(given if given.is_absolute() else stack_dir / given)
-        problem = system_problem(working, allowed)
-        if problem is not None:
-            problems.append(
-                _line("runtime.working_dir", runtime.working_dir, working, problem, given)
-            )
-            working = None
-        else:
-            owned.insert(0, working)
+    given = Path(runtime.working_dir)
+    working = resolve(given if given.is_absolute() else stack_dir / given)
+    problem = system_problem(working, allowed)
+    if problem is not None:
+        problems.append(_line("runtime.working_dir", runtime.working_dir, working, problem, given))
+        working = None
+    else:
+        owned.insert(0, working)
     owner = _owner_text(stack, working, allowed)
 
     def check(field: str, raw: str, path: Path) -> None:
@@ -220,6 +217,9 @@ def stack_path_problems(stack: Stack, stack_dir: Path) -> list[str]:
             field = f"runtime.config_from_examples[{index}]"
             check(f"{field}.file", item.file, Path(working) / item.file)
             check(f"{field}.example", item.example, Path(working) / item.example)
+    if isinstance(runtime, KubernetesRuntime) and working is not None:
+        for index, name in enumerate(runtime.manifests):
+            check(f"runtime.manifests[{index}]", name, Path(working) / name)
     if stack.backup.local_dir:
         check("backup.local_dir", stack.backup.local_dir, Path(stack.backup.local_dir))
     for index, listed in enumerate(stack.backup.sources.files):
