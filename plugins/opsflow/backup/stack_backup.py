@@ -147,11 +147,13 @@ class StackBackups:
         if isinstance(source, PostgresSource):
             from opsflow.backup.postgres.dump import dump_postgres
 
-            return dump_postgres(source, self.resolve(source.conn_id), ctx)
+            with self.runtime.reach(source.service, self.resolve(source.conn_id)) as endpoint:
+                return dump_postgres(source, endpoint, ctx)
         if isinstance(source, RedisSource):
             from opsflow.backup.redis import dump_redis
 
-            return dump_redis(source, self.resolve(source.conn_id), ctx)
+            with self.runtime.reach(source.service, self.resolve(source.conn_id)) as endpoint:
+                return dump_redis(source, endpoint, ctx)
         if isinstance(source, BucketSource):
             from opsflow.backup.buckets import dump_bucket
 
@@ -336,11 +338,11 @@ class StackBackups:
         if isinstance(source, PostgresSource):
             from opsflow.backup.postgres.restore import restore_postgres
 
-            endpoint = self.resolve(source.conn_id)
             database = target_database or source.database
-            return restore_postgres(
-                saved, artifact, endpoint, database, ctx, client_bin_dir=source.client_bin_dir
-            )
+            with self.runtime.reach(source.service, self.resolve(source.conn_id)) as endpoint:
+                return restore_postgres(
+                    saved, artifact, endpoint, database, ctx, client_bin_dir=source.client_bin_dir
+                )
         if isinstance(source, RedisSource):
             from opsflow.backup.redis import restore_redis
 

@@ -27,6 +27,18 @@ class MaintenanceStepOperator(StepOperator):
         """Do the work, fill ``record``; return the problems that must fail the task."""
         raise NotImplementedError
 
+    def _out_of_reach(self, stack: Stack, work: str, record: StepRecord) -> bool:
+        """Say plainly, in the log and the summary, what this runtime keeps out of reach."""
+        from opsflow.runtimes.registry import runtime_for
+
+        reason = runtime_for(stack).out_of_reach(work)
+        if reason is None:
+            return False
+        self.log.info("Nothing done: %s", reason)
+        record.detail = f"out of reach: {reason}"
+        record.lines.append(record.detail)
+        return True
+
     def run(self, record: StepRecord, context: Context) -> None:
         record.problems = self.housekeep(record)
 
@@ -127,6 +139,8 @@ class ContainerLogsOperator(MaintenanceStepOperator):
         from opsflow.logs.containers import container_log_report, log_limit_violations
 
         stack = run_stack(self.stack_name)
+        if self._out_of_reach(stack, "container_logs", record):
+            return []
         report = container_log_report(stack)
         record.report = [entry.to_dict() for entry in report]
         for entry in report:
@@ -147,6 +161,8 @@ class PruneImagesOperator(MaintenanceStepOperator):
         from opsflow.logs.containers import plan_image_pruning, prune_images
 
         stack: Stack = run_stack(self.stack_name)
+        if self._out_of_reach(stack, "images", record):
+            return []
         plan = plan_image_pruning(stack, stack.logs.keep_images_releases)
         outcome = prune_images(plan, dry_run=record.dry_run)
         record.report = {"plan": plan.to_dict(), "outcome": outcome}

@@ -73,8 +73,11 @@ class RuntimeStepOperator(StepOperator):
             for line in runtime.clear_interrupted_start():  # a re-run after a kill
                 self.log.warning("Before start: %s", line)
                 record.lines.append(line)
+            self._record_applied(runtime, ledger, entry, record)
         if entry is not None and self.step == "migrate":
             self._note_migration_start(ledger, entry)
+        if commands and not record.dry_run:
+            self._defer_if_waiting(runtime, version)
         steps: list[list[str] | None] = [*commands] if commands else [None]
         for argv in steps:
             try:
@@ -83,6 +86,55 @@ class RuntimeStepOperator(StepOperator):
                 if self.step == "start" and not self._cannot_start(runtime):
                     raise  # starting a release again is idempotent: worth a retry
                 raise AirflowFailException(str(failed)) from None
+        if entry is not None:
+            self._note_done(ledger, entry, record)
+        return {"images": record.images}
+
+    def _record_applied(
+        self, runtime: Runtime, ledger: Ledger, entry: LedgerEntry | None, record: StepRecord
+    ) -> None:
+        """Store what this start sends (Kubernetes: the rendered objects) in the ledger's
+        config store before it is sent, so it can be applied again byte for byte."""
+        applied = runtime.applied(record.version)
+        if not applied:
+            return
+        digest = ledger.save_contents(applied).digest
+        record.lines.append(f"objects to apply recorded in the config store as {digest[:12]}")
+        if entry is not None and f"applied {digest}" not in entry.notes:
+            entry.notes.append(f"applied {digest}")
+            ledger.write(entry)
+
+    def _defer_if_waiting(self, runtime: Runtime, version: str) -> None:
+        """A step that only waits once started (a Kubernetes migration Job) waits in the
+        triggerer; :meth:`resume` finishes it."""
+        try:
+            wait = runtime.begin_wait(self.step, version, self.log)
+        except RuntimeFailure as failed:
+            raise AirflowFailException(f"{self.step} of {self.stack_name}: {failed}") from None
+        if wait is None:
+            return
+        from opsflow.triggers.job import JobTrigger
+
+        self.log.info("Waiting for Job %s in the triggerer (no worker slot held)", wait["job"])
+        self.defer(
+            trigger=JobTrigger(**wait),
+            method_name="execute_complete",
+        )
+
+    def resume(self, record: StepRecord, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        record.version = version = check_version(str(self.version))
+        runtime = runtime_for(run_stack(self.stack_name))
+        record.commands = [shlex.join(argv) for argv in runtime.commands(self.step, version)]
+        try:
+            runtime.end_wait(event, self.log)
+        except RuntimeFailure as failed:
+            # A migration that ran and failed is a verdict: the rollback restores the data.
+            raise AirflowFailException(
+                f"{self.step} of {self.stack_name} {version}: {failed}"
+            ) from None
+        record.detail = f"Job {event.get('job')} complete in {event.get('elapsed')}s"
+        ledger = Ledger(self.stack_name)
+        entry = ledger.get(entry_id(context))
         if entry is not None:
             self._note_done(ledger, entry, record)
         return {"images": record.images}

@@ -8,7 +8,7 @@ metadata DB (which Airflow 3 tasks may not do).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -150,12 +150,23 @@ class StepOperator(BaseOperator):
         if ended:
             self.log.warning("Killed: ended %s command(s) this step had started", ended)
 
+    def resume(self, record: StepRecord, context: Context, event: dict[str, Any]) -> Any:
+        """Finish the work after a deferral's ``event``, filling ``record`` as ``run`` does."""
+        raise NotImplementedError
+
     def execute(self, context: Context) -> Any:
+        return self._recorded(context, lambda record: self.run(record, context))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Back from the triggerer: the same record, pushed the same way."""
+        return self._recorded(context, lambda record: self.resume(record, context, event or {}))
+
+    def _recorded(self, context: Context, work: Callable[[StepRecord], Any]) -> Any:
         record = StepRecord(step=self.task_id, dry_run=as_bool(self.is_dry_run))
         ti = context["ti"]
         try:
             refuse_unknown_conf(context, self)
-            result = self.run(record, context)
+            result = work(record)
         except AirflowSkipException as skip:
             ti.xcom_push(key=RECORD_KEY, value=record.finish("skipped", str(skip)))
             raise

@@ -242,7 +242,8 @@ class UpgradePreflightOperator(ReleaseStepOperator):
         backups = StackBackups(switch.stack)
         needed = 0
         for source in switch.stack.backup.sources.postgres:
-            needed += database_size(backups.resolve(source.conn_id), source.database)
+            with switch.runtime.reach(source.service, backups.resolve(source.conn_id)) as point:
+                needed += database_size(point, source.database)
         root = backups.staging_root
         probe = root if root.exists() else Path(root.anchor or "/")
         free = shutil.disk_usage(probe).free

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,6 +272,10 @@ class Ledger:
                 contents[name] = path.read_bytes()
             except FileNotFoundError:
                 contents[name] = None
+        return self.save_contents(contents)
+
+    def save_contents(self, contents: Mapping[str, bytes | None]) -> ConfigSnapshot:
+        """The same for contents by archive name (``None``: recorded as missing)."""
         digests = {
             name: hashlib.sha256(data).hexdigest() if data is not None else "missing"
             for name, data in sorted(contents.items())

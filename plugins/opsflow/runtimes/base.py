@@ -8,13 +8,15 @@ runtime a stack uses: the workflows ask these questions and get plain answers.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from opsflow.connections import Endpoint
 from opsflow.errors import OpsflowError
 
 if TYPE_CHECKING:
@@ -57,6 +59,11 @@ class RuntimeContext(Protocol):
         it cannot tell."""
         ...
 
+    async def rollouts(self) -> list[Rollout]:
+        """Where each workload's rollout stands (Kubernetes Deployments); a runtime without
+        rollouts of its own (Compose) reports none."""
+        ...
+
 
 @dataclass(frozen=True)
 class ContainerState:
@@ -83,6 +90,22 @@ class ContainerState:
     def touched_since(self, moment: datetime) -> bool:
         """Created or (re)started at or after ``moment``: something restarted it since."""
         return any(t is not None and t >= moment for t in (self.created_at, self.started_at))
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Where one workload's rollout stands (a Kubernetes Deployment): done, in progress,
+    or failed for good."""
+
+    kind: str
+    name: str
+    done: bool
+    detail: str
+    failure: str | None = None
+
+    @property
+    def line(self) -> str:
+        return f"{self.kind.lower()}/{self.name}: {self.failure or self.detail}"
 
 
 class Runtime(ABC):
@@ -143,10 +166,38 @@ class Runtime(ABC):
             "has no working dir to resolve it in"
         )
 
+    @contextlib.contextmanager
+    def reach(self, service: str | None, endpoint: Endpoint) -> Iterator[Endpoint]:
+        """Where a backup or restore reaches the database ``service`` runs, for the block:
+        the connection's own address by default (Compose publishes it on this host)."""
+        yield endpoint
+
+    def out_of_reach(self, work: str) -> str | None:
+        """Why housekeeping ``work`` ("container_logs", "images") cannot act on this
+        runtime from here, for the run summary; None when it can (Compose on this host)."""
+        return None
+
+    def applied(self, version: str) -> dict[str, bytes]:
+        """What ``start`` sends for ``version`` beyond the config files, by archive name
+        (Kubernetes: the rendered objects), for the ledger's config store. Nothing by
+        default: Compose applies its files as they are."""
+        return {}
+
     def clear_interrupted_start(self) -> list[str]:
         """Remove what an interrupted start left that would make the next one fail; lines
         saying what was removed. Nothing by default."""
         return []
+
+    def begin_wait(self, step: str, version: str, log: LineLogger) -> dict[str, Any] | None:
+        """Start ``step`` when, once started, it only waits (a Kubernetes migration Job):
+        the arguments of :class:`~opsflow.triggers.job.JobTrigger` to wait on it in the
+        triggerer, without a worker slot. None: the step runs in the task (``run``)."""
+        return None
+
+    def end_wait(self, event: Mapping[str, Any], log: LineLogger) -> None:
+        """Finish a step after the event of its wait (logs, cleanup); raises
+        :class:`RuntimeFailure` when it failed."""
+        raise RuntimeFailure(f"the {self.kind} runtime starts no step that waits")
 
     def prepare_config(self, *, dry_run: bool = False) -> list[str]:
         """Create the config files a release needs before it starts and that the stack

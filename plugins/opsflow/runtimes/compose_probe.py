@@ -126,6 +126,9 @@ class ComposeContext:
         config = self.read_config(env)
         return None if config is None else compose_unhealthy_window(config, services)
 
+    async def rollouts(self) -> list[Any]:
+        return []  # Compose has no rollout of its own: containers are replaced in place
+
     async def containers(self) -> list[ContainerState]:
         """Every long-running container of the project, from ``docker inspect``; empty
         (with a warning) when the engine cannot be asked: no evidence is no verdict."""

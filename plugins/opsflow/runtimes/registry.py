@@ -20,9 +20,11 @@ def runtime_for(stack: Stack, stacks_dir: Path | None = None) -> Runtime:
         from opsflow.runtimes.compose import ComposeProject
 
         return ComposeProject.for_stack(stack, stacks_dir)
-    raise RuntimeFailure(
-        f"stack {stack.name}: the {kind} runtime is described but not operated yet"
-    )
+    if kind == "kubernetes":
+        from opsflow.runtimes.kubernetes import KubernetesCluster
+
+        return KubernetesCluster.for_stack(stack, stacks_dir)
+    raise RuntimeFailure(f"stack {stack.name}: no runtime operates kind {kind!r}")
 
 
 def runtime_context(data: Mapping[str, Any]) -> RuntimeContext:
@@ -32,4 +34,8 @@ def runtime_context(data: Mapping[str, Any]) -> RuntimeContext:
         from opsflow.runtimes.compose_probe import ComposeContext
 
         return ComposeContext.from_dict(data)
+    if kind == "kubernetes":
+        from opsflow.runtimes.kubernetes_probe import KubernetesContext
+
+        return KubernetesContext.from_dict(data)
     raise ValueError(f"unknown runtime kind in a probe context: {kind!r}")

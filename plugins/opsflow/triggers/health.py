@@ -19,7 +19,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from opsflow.health import CheckResult, HealthCheck, checks_from_data, run_check
-from opsflow.runtimes.base import RuntimeContext
+from opsflow.runtimes.base import Rollout, RuntimeContext
 from opsflow.runtimes.evidence import (
     WINDOW_MARGIN,
     Evidence,
@@ -54,14 +54,36 @@ async def gate_round(
     """One round: every check, and the runtime's evidence against the watched services
     (``baseline`` learns the restart count of each container it sees first)."""
     probes = asyncio.gather(*(run_check(c, runtime) for c in checks))
-    if runtime is None or not watch:
+    if runtime is None:
         return Round(list(await probes), [], False)
-    results, states = await asyncio.gather(probes, runtime.containers())
+    if not watch:
+        results, rollouts = await asyncio.gather(probes, runtime.rollouts())
+        return Round([*results, *rollout_results(rollouts)], rollout_evidence(rollouts), False)
+    results, states, rollouts = await asyncio.gather(
+        probes, runtime.containers(), runtime.rollouts()
+    )
     note_restarts(states, baseline)
     evidence = conclusive(states, watch, baseline)
     outputs = await asyncio.gather(*(runtime.last_output(e.container) for e in evidence))
     evidence = [e.with_output(text) for e, text in zip(evidence, outputs, strict=True)]
-    return Round(list(results), evidence, verdicts_in(states, watch))
+    return Round(
+        [*results, *rollout_results(rollouts)],
+        [*evidence, *rollout_evidence(rollouts)],
+        verdicts_in(states, watch),
+    )
+
+
+def rollout_results(rollouts: list[Rollout]) -> list[CheckResult]:
+    """Each workload's rollout as one more check of the round: a rollout in progress keeps
+    the streak at zero, however green the stack's own checks are meanwhile."""
+    return [CheckResult(f"rollout {r.kind.lower()}/{r.name}", r.done, r.detail) for r in rollouts]
+
+
+def rollout_evidence(rollouts: list[Rollout]) -> list[Evidence]:
+    """A rollout the runtime itself gave up on (a progress deadline) ends the gate."""
+    return [
+        Evidence(r.name, f"{r.kind.lower()}/{r.name}", r.failure) for r in rollouts if r.failure
+    ]
 
 
 def failed_event(
