@@ -1,0 +1,132 @@
+"""End to end on Kubernetes: the ``demo-k8s`` DAGs through ``airflow dags test`` against the
+fake API server and controllers (tests/support/fake_kube_*; a fake because no cluster can
+run on these machines), with a real PostgreSQL and Redis behind the database pods' forwarded
+ports and real scratch containers verifying the backups.
+
+The tests run in file order: deploy 1.0.0, upgrade to 1.1.0, a backup verified, a release
+that never becomes available rolled back with its ConfigMap and image as before, and a
+release whose migration Job fails rolled back with the database restored.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from support.backup import pg_image, redis_image
+from support.fake_kube_dags import FAKE_NAMESPACE, FakeKubeDemo, fake_kube_demo
+from support.receivers import HttpCapture, SmtpCapture, alert_connections
+from support.servers import postgres_server, redis_server
+
+pytestmark = pytest.mark.e2e
+__all__ = ["fake_kube_demo", "pg_image", "postgres_server", "redis_image", "redis_server"]
+
+
+def out_of(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr
+
+
+def _alert(receiver: HttpCapture, dag_id: str) -> dict[str, Any]:
+    receiver.wait_for(1)
+    bodies = [b for b in receiver.json_bodies() if b.get("dag_id") == dag_id]
+    assert len(bodies) == 1, receiver.requests
+    return bodies[0]
+
+
+def test_fake_deploy_1_0_0_applies_the_release_and_migrates_in_a_job(
+    fake_kube_demo: FakeKubeDemo,
+) -> None:
+    kube = fake_kube_demo
+    result = kube.dags_test("deploy", {"version": "1.0.0"})
+    out = out_of(result)
+    assert result.returncode == 0, out[-6000:]
+    assert kube.image("api") == "opsflow-demo/api:1.0.0"
+    assert kube.image("worker") == "opsflow-demo/worker:1.0.0"
+    # The migration ran as a Job whose pod log reached the task log; it was deleted after.
+    assert "release 1.0.0, 1 statement(s)" in out
+    assert kube.cluster.store.list("jobs", FAKE_NAMESPACE) == []
+    assert kube.sql("SELECT to_regclass('items') IS NOT NULL") == [(True,)]
+    entry = kube.last("deploy")
+    assert entry["outcome"] == "succeeded"
+    assert entry["images"]["api"]["id"] == "opsflow-demo/api:1.0.0"
+    assert any(note.startswith("applied ") for note in entry["notes"])
+
+
+def test_fake_upgrade_to_1_1_0_waits_for_the_whole_rollout(fake_kube_demo: FakeKubeDemo) -> None:
+    kube = fake_kube_demo
+    result = kube.dags_test("upgrade", {"version": "1.1.0"})
+    out = out_of(result)
+    assert result.returncode == 0, out[-6000:]
+    assert "rollout deployment/api" in out  # the gate followed the rollout itself
+    assert kube.image("api") == "opsflow-demo/api:1.1.0"
+    status = kube.deployment_of("api")["status"]
+    assert status["updatedReplicas"] == status["availableReplicas"] == status["replicas"] == 2
+    assert "running now (as the engine reports it): api, worker run 1.1.0" in out, out[-4000:]
+    assert kube.last("upgrade")["outcome"] == "succeeded"
+
+
+def test_fake_backup_streams_through_the_pods_and_is_verified(fake_kube_demo: FakeKubeDemo) -> None:
+    kube = fake_kube_demo
+    kube.sql("INSERT INTO items (name) SELECT 'item ' || g FROM generate_series(1, 500) AS g")
+    result = kube.dags_test("backup", {})
+    out = out_of(result)
+    assert result.returncode == 0, out[-6000:]
+    found = [json.loads(p.read_text()) for p in kube.backups.rglob("manifest.json")]
+    (manifest,) = [m for m in found if m["trigger"] == "manual"] or [None]
+    assert manifest is not None, out[-4000:]
+    sources = {source["name"]: source for source in manifest["sources"]}
+    for name in ("app_db", "cache"):
+        assert sources[name]["verification"]["status"] == "passed", sources[name]
+    assert sources["app_db"]["fingerprint"]["tables"]["public.items"]["rows"] == 500
+    forwards = [r for r in kube.cluster.api.requests if r.path.endswith("/portforward")]
+    assert forwards, "the dump did not go through a port-forward of the database pod"
+
+
+def test_fake_never_available_release_is_rolled_back_with_its_configmap_and_image(
+    fake_kube_demo: FakeKubeDemo, smtp_server: SmtpCapture, http_receiver: HttpCapture
+) -> None:
+    kube = fake_kube_demo
+    kube.cluster.controllers.fail_image("opsflow-demo/api:1.2.0-never-ready", "progress_deadline")
+    before = kube.config_data()
+    config = kube.work / "k8s" / "00-config.yaml"
+    original = config.read_text()
+    # The operator changes the config for the new release, then upgrades.
+    config.write_text(
+        original.replace('WORKER_INTERVAL_SECONDS: "3"', 'WORKER_INTERVAL_SECONDS: "7"')
+    )
+    assert config.read_text() != original
+
+    result = kube.dags_test(
+        "upgrade", {"version": "1.2.0-never-ready"}, alert_connections(smtp_server, http_receiver)
+    )
+    out = out_of(result)
+    assert result.returncode != 0, out[-6000:]
+    assert "exceeded its progress deadline" in out, out[-6000:]
+    assert kube.image("api") == "opsflow-demo/api:1.1.0"
+    assert kube.config_data() == before
+    assert config.read_text() == original  # the manifest on disk is put back too
+    entry = kube.last("upgrade")
+    assert (entry["outcome"], entry["failed_task"]) == ("rolled-back", "verify")
+    alert = _alert(http_receiver, "demo-k8s__upgrade")
+    assert "rolled back to 1.1.0; healthy" in alert["error"]
+
+
+def test_fake_failed_migration_job_is_kept_and_the_database_restored(
+    fake_kube_demo: FakeKubeDemo,
+) -> None:
+    kube = fake_kube_demo
+    rows = kube.sql("SELECT count(*) FROM items")
+    result = kube.dags_test("upgrade", {"version": "1.3.0-broken-migration"})
+    out = out_of(result)
+    assert result.returncode != 0, out[-6000:]
+    (kept,) = kube.cluster.store.list("jobs", FAKE_NAMESPACE)
+    assert f"Job {kept['metadata']['name']} failed" in out
+    assert "revision 0004 failed" in out
+    # The half-applied migration is undone by the pre-upgrade backup.
+    assert kube.sql("SELECT to_regclass('half_applied_0003') IS NULL") == [(True,)]
+    assert kube.sql("SELECT count(*) FROM items") == rows
+    assert kube.image("api") == "opsflow-demo/api:1.1.0"
+    assert kube.last("upgrade")["outcome"] == "rolled-back"
