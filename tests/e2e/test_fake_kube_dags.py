@@ -11,10 +11,13 @@ release whose migration Job fails rolled back with the database restored.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import tarfile
 from typing import Any
 
 import pytest
+import yaml
 
 from support.backup import pg_image, redis_image
 from support.fake_kube_dags import FAKE_NAMESPACE, FakeKubeDemo, fake_kube_demo
@@ -52,7 +55,19 @@ def test_fake_deploy_1_0_0_applies_the_release_and_migrates_in_a_job(
     entry = kube.last("deploy")
     assert entry["outcome"] == "succeeded"
     assert entry["images"]["api"]["id"] == "opsflow-demo/api:1.0.0"
-    assert any(note.startswith("applied ") for note in entry["notes"])
+    # The exact objects sent are in the ledger's config store, as the cluster got them.
+    digest = re.search(r"objects to apply recorded in the config store as (\w{12})", out)
+    assert digest, out[-4000:]
+    (stored,) = (kube.state / "configs").glob(f"{digest[1]}*.tar")
+    with tarfile.open(stored) as tar:
+        handle = tar.extractfile("kubernetes/applied.yaml")
+        assert handle is not None
+        applied = [o for o in yaml.safe_load_all(handle.read()) if o]
+    (api,) = [o for o in applied if o["kind"] == "Deployment" and o["metadata"]["name"] == "api"]
+    live = kube.deployment_of("api")["spec"]["template"]
+    assert api["spec"]["template"]["metadata"] == live["metadata"]
+    images = [c["image"] for c in api["spec"]["template"]["spec"]["containers"]]
+    assert images == [c["image"] for c in live["spec"]["containers"]] == ["opsflow-demo/api:1.0.0"]
 
 
 def test_fake_upgrade_to_1_1_0_waits_for_the_whole_rollout(fake_kube_demo: FakeKubeDemo) -> None:

@@ -291,19 +291,18 @@ async def serve_portforward(
                         await writer.drain()
 
     client = asyncio.ensure_future(client_to_backends())
+    waits: list[asyncio.Future[Any]] = [client]
     try:
         if pumps:
-            backends = asyncio.ensure_future(asyncio.gather(*pumps))
-            await asyncio.wait([client, backends], return_when=asyncio.FIRST_COMPLETED)
-        else:
-            await client
+            waits.append(asyncio.ensure_future(asyncio.gather(*pumps)))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for writer in writers.values():
             writer.close()
         await ws.close()
-        for task in [client, *pumps]:
+        for task in [*waits, *pumps]:
             task.cancel()
-        await asyncio.gather(client, *pumps, return_exceptions=True)
+        await asyncio.gather(*waits, *pumps, return_exceptions=True)
     return ws
 
 

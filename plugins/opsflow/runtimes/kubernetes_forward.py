@@ -71,7 +71,7 @@ class PortForward:
             local.close()
             return
         remote.setblocking(True)
-        self._open += [local, remote]
+        self._open += [local, remote, forward]
         done = threading.Event()
         back = threading.Thread(target=_pump, args=(remote, local, done), daemon=True)
         back.start()
@@ -96,8 +96,8 @@ class PortForward:
     def __exit__(self, *exc: object) -> None:
         self._closed.set()
         self._listener.close()
-        for end in self._open:
-            with contextlib.suppress(OSError):
+        for end in self._open:  # sockets, and the streams (closing ends their websocket)
+            with contextlib.suppress(Exception):
                 end.close()
 
 
