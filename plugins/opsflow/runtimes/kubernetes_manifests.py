@@ -194,6 +194,16 @@ def render(
                 if wanted is not None:
                     container["image"] = wanted
         rendered.append(obj)
+    scaled = {
+        ((o.get("spec") or {}).get("scaleTargetRef") or {}).get("name")
+        for o in rendered
+        if o["kind"] == "HorizontalPodAutoscaler"
+    }
+    for obj in rendered:
+        if obj["kind"] in WORKLOAD_KINDS and obj["metadata"]["name"] in scaled:
+            # The autoscaler owns the replicas: a release that set them would undo its
+            # scaling at every apply (the field manager forces its values).
+            obj.get("spec", {}).pop("replicas", None)
     config = config_digest(rendered)
     for obj in rendered:
         template = pod_spec_of(obj)
@@ -266,6 +276,13 @@ def migration_job(
     for key in ("livenessProbe", "readinessProbe", "startupProbe", "ports", "lifecycle"):
         container.pop(key, None)
     container["args"] = list(command)
+    # A StatefulSet's claim templates are no volumes of a pod of its own: mounts of them
+    # (and init containers preparing them) have nothing to mount in a Job.
+    volumes = {v.get("name") for v in spec.get("volumes") or []}
+    mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") in volumes]
+    if "volumeMounts" in container:
+        container["volumeMounts"] = mounts
+    spec.pop("initContainers", None)
     spec["containers"] = [container]
     spec["restartPolicy"] = "Never"
     labels = {MANAGED_BY: "opsflow", STACK_LABEL: stack.name, "opsflow.io/job": "migration"}
