@@ -174,7 +174,7 @@ def test_ai_doc() -> None:
     (variant,) = stack.variants
     assert isinstance(variant, KubernetesRuntime)
     assert variant.namespace == "ai-doc"
-    assert variant.workloads == {"backend": "ai-doc-backend"}
+    assert variant.workloads == {"backend": "ai-doc-backend", "backend2": "ai-doc-backend"}
     nginx_logs = stack.logs.roots[0]
     assert (nginx_logs.compress_after_days, nginx_logs.delete_after_days) == (1, 14)
 
