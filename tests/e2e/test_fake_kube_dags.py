@@ -3,9 +3,10 @@ fake API server and controllers (tests/support/fake_kube_*; a fake because no cl
 run on these machines), with a real PostgreSQL and Redis behind the database pods' forwarded
 ports and real scratch containers verifying the backups.
 
-The tests run in file order: deploy 1.0.0, upgrade to 1.1.0, a backup verified, a release
-that never becomes available rolled back with its ConfigMap and image as before, and a
-release whose migration Job fails rolled back with the database restored.
+The tests run in file order: deploy 1.0.0, upgrade to 1.1.0, a backup verified, that backup
+restored with the writers scaled down and back, a release that never becomes available
+rolled back with its ConfigMap and image as before, and a release whose migration Job fails
+rolled back with the database restored.
 """
 
 from __future__ import annotations
@@ -98,6 +99,25 @@ def test_fake_backup_streams_through_the_pods_and_is_verified(fake_kube_demo: Fa
     assert sources["app_db"]["fingerprint"]["tables"]["public.items"]["rows"] == 500
     forwards = [r for r in kube.cluster.api.requests if r.path.endswith("/portforward")]
     assert forwards, "the dump did not go through a port-forward of the database pod"
+
+
+def test_fake_restore_stops_the_writers_and_puts_the_rows_back(
+    fake_kube_demo: FakeKubeDemo,
+) -> None:
+    kube = fake_kube_demo
+    found = [json.loads(p.read_text()) for p in kube.backups.rglob("manifest.json")]
+    (backup,) = [m["backup_id"] for m in found if m["trigger"] == "manual"]
+    kube.sql("DELETE FROM items WHERE id % 5 = 0")
+    assert kube.sql("SELECT count(*) FROM items") == [(400,)]
+    conf = {"backup_id": backup, "sources": ["app_db"], "confirm": "demo-k8s"}
+    result = kube.dags_test("restore", conf)
+    out = out_of(result)
+    assert result.returncode == 0, out[-6000:]
+    assert kube.sql("SELECT count(*) FROM items") == [(500,)]
+    # The writers were scaled to 0 for the restore and back to their replicas after.
+    assert "scaled apps/v1/Deployment/api to 0" in out
+    assert "scaled apps/v1/Deployment/api to 2" in out
+    assert kube.deployment_of("api")["spec"]["replicas"] == 2
 
 
 def test_fake_never_available_release_is_rolled_back_with_its_configmap_and_image(

@@ -170,6 +170,22 @@ def test_fake_crash_loop_and_progress_deadline_end_a_gate_round(kube: Any) -> No
     assert "crash loop" in found[0].detail and found[0].service == "api"
 
 
+def test_fake_image_that_cannot_be_pulled_ends_a_gate_round_naming_the_pod(kube: Any) -> None:
+    runtime, cluster, _ = kube
+    deployed(runtime, cluster, "1.0.0")
+    cluster.controllers.fail_image("opsflow-demo/api:9.9.9", "image_pull")
+    runtime.run("start", "9.9.9", log)
+    context = runtime_context(runtime.context().to_dict())
+
+    def evidence() -> list[Any]:
+        return asyncio.run(gate_round([], context, ["api"], {})).evidence
+
+    found = cluster.wait_for("image pull evidence", evidence, 15)
+    assert found[0].container.startswith("api-") and found[0].container.endswith("/api")
+    assert "cannot start: " in found[0].detail
+    assert any(reason in found[0].detail for reason in ("ImagePullBackOff", "ErrImagePull"))
+
+
 def test_fake_progress_deadline_is_conclusive(kube: Any) -> None:
     runtime, cluster, work = kube
     cluster.controllers.fail_image("opsflow-demo/api:1.2.0-never-ready", "progress_deadline")
