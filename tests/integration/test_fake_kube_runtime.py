@@ -6,9 +6,7 @@ the real clients. What only a real cluster could prove is named in the README.""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -22,76 +20,37 @@ from opsflow.connections import Endpoint
 from opsflow.runtimes.base import RuntimeFailure
 from opsflow.runtimes.kubernetes import KubernetesCluster
 from opsflow.runtimes.registry import runtime_context
-from opsflow.stack.loader import load_stack
 from opsflow.triggers.health import gate_round
 from support.fake_kube_controllers import FakeKubeCluster, fake_kube_cluster
+from support.fake_kube_stack import FAKE_NS as NS
+from support.fake_kube_stack import fake_kdemo, fake_rolled_out, fake_running_images
 
-__all__ = ["fake_kube_cluster"]
+__all__ = ["fake_kdemo", "fake_kube_cluster"]
 
 REPO = Path(__file__).resolve().parents[2]
-NS = "opsflow"
 log = logging.getLogger("test")
-
-
-@pytest.fixture
-def kube(
-    fake_kube_cluster: FakeKubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[KubernetesCluster, FakeKubeCluster, Path]]:
-    """The demo's Kubernetes variant as stack ``kdemo`` in the fake cluster's namespace, its
-    manifests copied so a test may change them, its ledger in tmp_path."""
-    work = tmp_path / "work"
-    shutil.copytree(REPO / "include" / "demo" / "k8s", work / "k8s")
-    stacks = tmp_path / "stacks"
-    stacks.mkdir()
-    overlay = {
-        "extends": str(REPO / "include" / "stacks" / "demo-k8s.yaml"),
-        "variants": [{"kind": "kubernetes", "namespace": NS, "kube_conn_id": "kube_fake",
-                      "working_dir": str(work), "manifests": ["k8s"]}],
-    }  # fmt: skip
-    (stacks / "kdemo.yaml").write_text(yaml.safe_dump(overlay))
-    monkeypatch.setenv("OPSFLOW_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("OPSFLOW_STACKS_DIR", str(stacks))
-    conn = {
-        "conn_type": "kubernetes",
-        "extra": {"kube_config_path": str(fake_kube_cluster.kubeconfig)},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_KUBE_FAKE", json.dumps(conn))
-    stack = load_stack("kdemo", stacks)
-    yield KubernetesCluster.for_stack(stack, stacks), fake_kube_cluster, work
-
-
-def rollouts_done(runtime: KubernetesCluster) -> bool:
-    states = asyncio.run(runtime.context().rollouts())
-    return bool(states) and all(state.done for state in states)
-
-
-def images(runtime: KubernetesCluster) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for state in runtime.running():
-        found.setdefault(state.service, set()).add(state.image_id)
-    return found
 
 
 def deployed(runtime: KubernetesCluster, cluster: FakeKubeCluster, version: str) -> None:
     runtime.run("start", version, log)
-    cluster.wait_for(f"release {version} rolled out", lambda: rollouts_done(runtime), 30)
+    cluster.wait_for(f"release {version} rolled out", lambda: fake_rolled_out(runtime), 30)
 
 
-def test_fake_release_is_applied_rolled_out_and_reported_as_running(kube: Any) -> None:
-    runtime, cluster, _ = kube
+def test_fake_release_is_applied_rolled_out_and_reported_as_running(fake_kdemo: Any) -> None:
+    runtime, cluster, _ = fake_kdemo
     runtime.run("fetch", "1.0.0", log)  # a server-side dry run stores nothing
     assert cluster.store.list("deployments", NS) == []
     deployed(runtime, cluster, "1.0.0")
-    assert images(runtime)["api"] == {"opsflow-demo/api:1.0.0"}
-    assert images(runtime)["postgres"] == {"opsflow-demo/postgres:15"}
+    assert fake_running_images(runtime)["api"] == {"opsflow-demo/api:1.0.0"}
+    assert fake_running_images(runtime)["postgres"] == {"opsflow-demo/postgres:15"}
     applies = [r for r in cluster.api.requests if r.method == "PATCH" and "dryRun" not in r.query]
     assert applies and {r.param("fieldManager") for r in applies} == {"opsflow"}
     assert {r.content_type for r in applies} == {"application/apply-patch+yaml"}
     assert runtime.applied("1.0.0") == runtime.applied("1.0.0")  # the same bytes every time
 
 
-def test_fake_upgrade_is_not_done_until_every_old_replica_is_gone(kube: Any) -> None:
-    runtime, cluster, _ = kube
+def test_fake_upgrade_is_not_done_until_every_old_replica_is_gone(fake_kdemo: Any) -> None:
+    runtime, cluster, _ = fake_kdemo
     deployed(runtime, cluster, "1.0.0")
     runtime.run("start", "1.1.0", log)
     seen_pending = cluster.wait_for(
@@ -100,13 +59,13 @@ def test_fake_upgrade_is_not_done_until_every_old_replica_is_gone(kube: Any) -> 
         10,
     )
     assert seen_pending[0].failure is None
-    cluster.wait_for("1.1.0 rolled out", lambda: rollouts_done(runtime), 30)
-    assert images(runtime)["api"] == {"opsflow-demo/api:1.1.0"}
-    assert images(runtime)["worker"] == {"opsflow-demo/worker:1.1.0"}
+    cluster.wait_for("1.1.0 rolled out", lambda: fake_rolled_out(runtime), 30)
+    assert fake_running_images(runtime)["api"] == {"opsflow-demo/api:1.1.0"}
+    assert fake_running_images(runtime)["worker"] == {"opsflow-demo/worker:1.1.0"}
 
 
-def test_fake_release_without_an_object_prunes_it_but_never_a_volume_claim(kube: Any) -> None:
-    runtime, cluster, work = kube
+def test_fake_release_without_an_object_prunes_it_but_never_a_volume_claim(fake_kdemo: Any) -> None:
+    runtime, cluster, work = fake_kdemo
     deployed(runtime, cluster, "1.0.0")
     assert cluster.store.get("poddisruptionbudgets", NS, "api") is not None
     for path in (work / "k8s").glob("*.yaml"):
@@ -120,20 +79,24 @@ def test_fake_release_without_an_object_prunes_it_but_never_a_volume_claim(kube:
     assert cluster.store.get("persistentvolumeclaims", NS, "redis-data") is not None
 
 
-def test_fake_stop_and_resume_put_back_the_replicas(kube: Any) -> None:
-    runtime, cluster, _ = kube
+def test_fake_stop_and_resume_put_back_the_replicas(fake_kdemo: Any) -> None:
+    runtime, cluster, _ = fake_kdemo
     deployed(runtime, cluster, "1.0.0")
     runtime.run("stop", "1.0.0", log, services=["api", "worker"])
     assert cluster.store.get("deployments", NS, "api")["spec"]["replicas"] == 0
-    cluster.wait_for("api pods gone", lambda: "api" not in images(runtime), 10)
+    cluster.wait_for(
+        "api and worker pods gone",
+        lambda: not {"api", "worker"} & set(fake_running_images(runtime)),
+        10,
+    )
     assert runtime.running_services(["api", "worker", "redis"]) == ["redis"]
     runtime.run("resume", "1.0.0", log, services=["api", "worker"])
     assert cluster.store.get("deployments", NS, "api")["spec"]["replicas"] == 2
-    cluster.wait_for("api back", lambda: rollouts_done(runtime), 20)
+    cluster.wait_for("api back", lambda: fake_rolled_out(runtime), 20)
 
 
-def test_fake_migration_job_logs_and_is_deleted_or_kept_named(kube: Any, caplog: Any) -> None:
-    runtime, cluster, _ = kube
+def test_fake_migration_job_logs_and_is_deleted_or_kept_named(fake_kdemo: Any, caplog: Any) -> None:
+    runtime, cluster, _ = fake_kdemo
     deployed(runtime, cluster, "1.0.0")
     cluster.controllers.job_handler(
         "opsflow-demo/api:1.1.0", lambda argv, env: (0, f"ran {' '.join(argv)}\n")
@@ -156,8 +119,8 @@ def test_fake_migration_job_logs_and_is_deleted_or_kept_named(kube: Any, caplog:
     assert "0004 failed" in caplog.text
 
 
-def test_fake_crash_loop_and_progress_deadline_end_a_gate_round(kube: Any) -> None:
-    runtime, cluster, _ = kube
+def test_fake_crash_loop_and_progress_deadline_end_a_gate_round(fake_kdemo: Any) -> None:
+    runtime, cluster, _ = fake_kdemo
     deployed(runtime, cluster, "1.0.0")
     cluster.controllers.fail_image("opsflow-demo/api:1.4.0-crash-at-start", "crash_loop")
     runtime.run("start", "1.4.0-crash-at-start", log)
@@ -170,8 +133,8 @@ def test_fake_crash_loop_and_progress_deadline_end_a_gate_round(kube: Any) -> No
     assert "crash loop" in found[0].detail and found[0].service == "api"
 
 
-def test_fake_image_that_cannot_be_pulled_ends_a_gate_round_naming_the_pod(kube: Any) -> None:
-    runtime, cluster, _ = kube
+def test_fake_image_that_cannot_be_pulled_ends_a_gate_round_naming_the_pod(fake_kdemo: Any) -> None:
+    runtime, cluster, _ = fake_kdemo
     deployed(runtime, cluster, "1.0.0")
     cluster.controllers.fail_image("opsflow-demo/api:9.9.9", "image_pull")
     runtime.run("start", "9.9.9", log)
@@ -186,8 +149,8 @@ def test_fake_image_that_cannot_be_pulled_ends_a_gate_round_naming_the_pod(kube:
     assert any(reason in found[0].detail for reason in ("ImagePullBackOff", "ErrImagePull"))
 
 
-def test_fake_progress_deadline_is_conclusive(kube: Any) -> None:
-    runtime, cluster, work = kube
+def test_fake_progress_deadline_is_conclusive(fake_kdemo: Any) -> None:
+    runtime, cluster, work = fake_kdemo
     cluster.controllers.fail_image("opsflow-demo/api:1.2.0-never-ready", "progress_deadline")
     for path in (work / "k8s").glob("*.yaml"):
         path.write_text(
@@ -224,8 +187,10 @@ def echo_server() -> Iterator[int]:
     server.close()
 
 
-def test_fake_reach_streams_to_a_ready_pod_of_the_service(kube: Any, echo_server: int) -> None:
-    runtime, cluster, _ = kube
+def test_fake_reach_streams_to_a_ready_pod_of_the_service(
+    fake_kdemo: Any, echo_server: int
+) -> None:
+    runtime, cluster, _ = fake_kdemo
     deployed(runtime, cluster, "1.0.0")
     cluster.api.route_port(NS, {"opsflow.io/service": "postgres"}, 5432, "127.0.0.1", echo_server)
     given = Endpoint(host="postgres.opsflow.svc", port=5432, login="app", password="s3cret")

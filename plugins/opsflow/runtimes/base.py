@@ -237,7 +237,6 @@ class Runtime(ABC):
     ) -> float:
         """Run one command that :meth:`commands` produced; returns its seconds."""
 
-    @abstractmethod
     def run(
         self,
         step: str,
@@ -247,7 +246,12 @@ class Runtime(ABC):
         services: Sequence[str] = (),
         timeout: float | None = None,
     ) -> float:
-        """Run ``step``; returns its seconds. Raises on failure with the command's cause."""
+        """Run ``step``, one command of :meth:`commands` after the other; returns its
+        seconds. Raises on failure with the command's cause."""
+        seconds = 0.0
+        for argv in self.commands(step, version, services):
+            seconds += self.run_argv(argv, version, log, timeout=timeout)
+        return seconds
 
     @abstractmethod
     def pin_images(self, images: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -268,6 +272,7 @@ class Runtime(ABC):
     def data_dir(self, service: str, target: str, version: str) -> Path:
         """Host path of the directory mounted at ``target`` in ``service``."""
 
-    @abstractmethod
     def running_services(self, services: Sequence[str]) -> list[str]:
         """Those of ``services`` that run now (a restore stops only those)."""
+        up = {state.service for state in self.running() if state.state == "running"}
+        return [service for service in services if service in up]

@@ -148,20 +148,6 @@ class ComposeProject(Runtime):
     def runner(self, version: str, log: LineLogger) -> ProcessRunner:
         return ProcessRunner(log=log, env=self.env(version), cwd=self.working_dir)
 
-    def run(
-        self,
-        step: str,
-        version: str,
-        log: LineLogger,
-        *,
-        services: Sequence[str] = (),
-        timeout: float | None = None,
-    ) -> float:
-        seconds = 0.0
-        for argv in self.commands(step, version, services):
-            seconds += self.run_argv(argv, version, log, timeout=timeout)
-        return seconds
-
     def run_argv(
         self, argv: Sequence[str], version: str, log: LineLogger, *, timeout: float | None = None
     ) -> float:
@@ -370,7 +356,3 @@ class ComposeProject(Runtime):
             if path:
                 return path
         raise RuntimeFailure(f"{self.stack.name}: service {service} has no {target} volume")
-
-    def running_services(self, services: Sequence[str]) -> list[str]:
-        up = {state.service for state in self.running() if state.state == "running"}
-        return [service for service in services if service in up]

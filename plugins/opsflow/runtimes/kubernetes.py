@@ -42,7 +42,7 @@ from opsflow.runtimes.kubernetes_manifests import (
     workload_of,
 )
 from opsflow.runtimes.kubernetes_probe import KubernetesContext
-from opsflow.runtimes.kubernetes_status import container_states, job_outcome, normal_reference
+from opsflow.runtimes.kubernetes_status import job_outcome, normal_reference, pods_states
 from opsflow.runtimes.process import LineLogger
 from opsflow.stack.loader import resolve_working_dir
 from opsflow.stack.model import KubernetesRuntime, Stack, check_version
@@ -225,13 +225,7 @@ class KubernetesCluster(Runtime):
         return self.api.list("v1", "Pod", self.name, f"{self._selector()},{SERVICE_LABEL}")
 
     def running(self) -> list[ContainerState]:
-        states = []
-        for pod in self.pods():
-            if (pod.get("metadata") or {}).get("deletionTimestamp"):
-                continue  # terminating: no longer what the release runs
-            service = pod["metadata"]["labels"][SERVICE_LABEL]
-            states += container_states(pod, service)
-        return states
+        return pods_states(self.pods(), SERVICE_LABEL, self.context().workloads)
 
     def context(self) -> KubernetesContext:
         return KubernetesContext(
@@ -272,20 +266,6 @@ class KubernetesCluster(Runtime):
             ["kubernetes-apply", ns, manager, "--server-side", *refs],
             ["kubernetes-prune", ns, f"--selector={self._selector()}", f"--keep={len(refs)}"],
         ]
-
-    def run(
-        self,
-        step: str,
-        version: str,
-        log: LineLogger,
-        *,
-        services: Sequence[str] = (),
-        timeout: float | None = None,
-    ) -> float:
-        seconds = 0.0
-        for argv in self.commands(step, version, services):
-            seconds += self.run_argv(argv, version, log, timeout=timeout)
-        return seconds
 
     def run_argv(
         self, argv: Sequence[str], version: str, log: LineLogger, *, timeout: float | None = None
@@ -446,7 +426,3 @@ class KubernetesCluster(Runtime):
         raise RuntimeFailure(
             f"{self.stack.name}: {service}'s {target} lives on a cluster volume, not on this host"
         )
-
-    def running_services(self, services: Sequence[str]) -> list[str]:
-        up = {state.service for state in self.running() if state.state == "running"}
-        return [service for service in services if service in up]

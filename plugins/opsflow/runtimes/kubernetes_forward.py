@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from opsflow.runtimes.base import RuntimeFailure
+from opsflow.runtimes.kubernetes_status import live_pods, pod_ready
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16
@@ -103,15 +104,7 @@ class PortForward:
 
 def ready_pod(pods: list[dict[str, Any]], service: str) -> str:
     """A running, ready pod of ``service`` (by name, so repeated runs pick the same one)."""
-    ready = sorted(
-        pod["metadata"]["name"]
-        for pod in pods
-        if not pod["metadata"].get("deletionTimestamp")
-        and any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in (pod.get("status") or {}).get("conditions") or []
-        )
-    )
+    ready = sorted(pod["metadata"]["name"] for pod in live_pods(pods) if pod_ready(pod))
     if not ready:
         raise RuntimeFailure(f"no ready pod of service {service} to stream from")
     return str(ready[0])

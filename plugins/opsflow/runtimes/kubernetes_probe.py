@@ -11,7 +11,7 @@ from typing import Any
 
 from opsflow.runtimes.base import ContainerState, Rollout
 from opsflow.runtimes.kubernetes_manifests import SERVICE_LABEL, STACK_LABEL, WORKLOAD_KINDS
-from opsflow.runtimes.kubernetes_status import container_states, rollout
+from opsflow.runtimes.kubernetes_status import live_pods, pod_ready, pods_states, rollout
 
 
 @dataclass
@@ -64,12 +64,7 @@ class KubernetesContext:
         return await self._list("v1", "Pod", f"{STACK_LABEL}={self.stack},{SERVICE_LABEL}")
 
     async def containers(self) -> list[ContainerState]:
-        states = []
-        for pod in await self.pods():
-            if (pod.get("metadata") or {}).get("deletionTimestamp"):
-                continue
-            states += container_states(pod, pod["metadata"]["labels"][SERVICE_LABEL])
-        return states
+        return pods_states(await self.pods(), SERVICE_LABEL, self.workloads)
 
     async def rollouts(self) -> list[Rollout]:
         """The rollout of every Deployment and StatefulSet of the stack, as it stands."""
@@ -80,24 +75,18 @@ class KubernetesContext:
         return found
 
     async def probe_service(self, service: str) -> tuple[bool, str]:
-        """The kubelet's verdict: every container of every pod of the service ready."""
-        pods = [
-            pod
-            for pod in await self.pods()
-            if pod["metadata"]["labels"].get(SERVICE_LABEL) == service
-            and not pod["metadata"].get("deletionTimestamp")
-        ]
+        """The kubelet's verdict: every container of every pod of the service (of its
+        workload, which another service may share) ready."""
+        workload = self.workloads.get(service, service)
+        pods = [pod for pod in live_pods(await self.pods()) if self._workload_of(pod) == workload]
         if not pods:
             return False, f"no pod of service {service} in namespace {self.namespace}"
-        ready = [
-            pod
-            for pod in pods
-            if any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in (pod.get("status") or {}).get("conditions") or []
-            )
-        ]
+        ready = [pod for pod in pods if pod_ready(pod)]
         return len(ready) == len(pods), f"{len(ready)} of {len(pods)} pods ready"
+
+    def _workload_of(self, pod: Mapping[str, Any]) -> str:
+        label = str(pod["metadata"]["labels"][SERVICE_LABEL])
+        return self.workloads.get(label, label)
 
     async def published(self, service: str, port: int) -> tuple[str, int]:
         """A Service's cluster DNS name: reachable where Airflow runs in the cluster."""

@@ -9,7 +9,7 @@ Plain functions over the API's JSON, so every rule is tested without a cluster.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -96,6 +96,34 @@ def _time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def live_pods(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pods not being deleted: a terminating pod is no longer what a release runs."""
+    return [pod for pod in pods if not (pod.get("metadata") or {}).get("deletionTimestamp")]
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """The kubelet's verdict: the pod's ``Ready`` condition is true."""
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def pods_states(
+    pods: Iterable[Mapping[str, Any]], service_label: str, workloads: Mapping[str, str]
+) -> list[ContainerState]:
+    """The containers of every live pod, under the service its label names and every other
+    service of the same workload (``workloads``: service -> workload): ai-doc's backend and
+    backend2 are one Deployment, whose pods run both."""
+    states = []
+    for pod in live_pods(pods):
+        label = pod["metadata"]["labels"][service_label]
+        workload = workloads.get(label, label)
+        for service in [s for s, w in workloads.items() if w == workload] or [label]:
+            states += container_states(pod, service)
+    return states
 
 
 def container_states(pod: Mapping[str, Any], service: str) -> list[ContainerState]:
