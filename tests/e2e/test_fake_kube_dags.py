@@ -5,16 +5,19 @@ ports and real scratch containers verifying the backups.
 
 The tests run in file order: deploy 1.0.0, upgrade to 1.1.0, a backup verified, that backup
 restored with the writers scaled down and back, a release that never becomes available
-rolled back with its ConfigMap and image as before, and a release whose migration Job fails
-rolled back with the database restored.
+rolled back with its ConfigMap and image as before, a release whose migration Job fails
+rolled back with the database restored, and the log files on the claim applogs cleaned by a
+pod that mounts it, with what the cluster keeps out of reach said in the summary.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import tarfile
+import time
 from typing import Any
 
 import pytest
@@ -165,3 +168,33 @@ def test_fake_failed_migration_job_is_kept_and_the_database_restored(
     assert kube.sql("SELECT count(*) FROM items") == rows
     assert kube.image("api") == "opsflow-demo/api:1.1.0"
     assert kube.last("upgrade")["outcome"] == "rolled-back"
+
+
+def test_fake_log_cleanup_cleans_the_claim_and_says_what_is_out_of_reach(
+    fake_kube_demo: FakeKubeDemo,
+) -> None:
+    kube = fake_kube_demo
+    day = 86400.0
+    pod_dir = kube.claim / "api-7d9f-abcde"
+    pod_dir.mkdir()
+    rotated, expired, current = (pod_dir / n for n in ("api.log.1", "api.log.2.gz", "api.log"))
+    for path, age in ((rotated, 3), (expired, 20), (current, 0)):
+        path.write_text("request served\n" * 100)
+        os.utime(path, (time.time() - age * day,) * 2)
+    dry = kube.dags_test("log_cleanup", {"dry_run": True})
+    assert dry.returncode == 0, out_of(dry)[-6000:]
+    assert "claim:applogs: ok; would compress 1, would delete 1" in out_of(dry)
+    assert rotated.exists() and expired.exists()
+
+    result = kube.dags_test("log_cleanup", {"dry_run": False})
+    out = out_of(result)
+    assert result.returncode == 0, out[-6000:]
+    assert "opsflow log cleanup summary: demo-k8s -> SUCCEEDED" in out
+    assert "claim:applogs: ok; compress 1, delete 1" in out
+    assert "claim:applogs: NOTE files the writers hold open are not visible" in out
+    assert not rotated.exists() and not expired.exists() and current.exists()
+    assert len(list(pod_dir.glob("api.log.1*.gz"))) == 1
+    # What the cluster keeps to itself is said, not skipped in silence.
+    assert "out of reach: container logs are the kubelet's" in out
+    assert "out of reach: images live on the cluster's nodes" in out
+    assert kube.cluster.store.list("pods", FAKE_NAMESPACE, "opsflow.io/role=log-cleanup") == []

@@ -143,7 +143,7 @@ class FakeKubeControllers:
                 by_index[index] = create_pod(
                     self.store,
                     sts,
-                    spec["template"],
+                    _with_claims(spec, name, index),
                     name=pod_name,
                     labels={
                         "controller-revision-hash": revision,
@@ -348,6 +348,22 @@ class FakeKubeCluster:
             f"fake cluster: {what} did not happen within {timeout} s "
             f"(controller errors: {self.controllers.errors[-3:]})"
         )
+
+
+def _with_claims(spec: Obj, name: str, index: int) -> Obj:
+    """The pod template with a volume for each claim template, as the StatefulSet controller
+    gives each pod its own claims (``<template>-<statefulset>-<index>``)."""
+    template = copy.deepcopy(spec["template"])
+    volumes = template.setdefault("spec", {}).setdefault("volumes", [])
+    for claim in spec.get("volumeClaimTemplates") or []:
+        claim_name = claim["metadata"]["name"]
+        volumes.append(
+            {
+                "name": claim_name,
+                "persistentVolumeClaim": {"claimName": f"{claim_name}-{name}-{index}"},
+            }
+        )
+    return template
 
 
 @pytest.fixture

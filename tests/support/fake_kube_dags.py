@@ -4,8 +4,9 @@ API server and controllers of tests/support/fake_kube_*, for the end-to-end tier
 The fake plays the cluster; everything else is real: Airflow runs the DAGs (the gate and the
 migration Job wait in its triggerer), the database pods' ports are forwarded through the
 fake's port-forward streams to a real PostgreSQL and a real Redis on 127.0.0.1, backups are
-verified in scratch containers on the real engine, and a migration Job's pod runs a real
-SQL migration against that PostgreSQL.
+verified in scratch containers on the real engine, a migration Job's pod runs a real
+SQL migration against that PostgreSQL, and the log cleanup pod runs the real engine on a
+host directory that stands for its claim.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from support import REPO_ROOT
 from support.demo import DemoDeployment
 from support.fake_kube_api import FakeKubeApi
 from support.fake_kube_controllers import FakeKubeCluster, FakeKubeControllers
+from support.fake_kube_logs import FAKE_CLEANUP_IMAGE, fake_cleanup_runner
 from support.servers import PostgresServer, RedisServer
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
@@ -56,6 +58,7 @@ class FakeKubeDemo:
     backups: Path
     env: dict[str, str]
     pg: PostgresServer
+    claim: Path  # the host directory that stands for the claim applogs
 
     @property
     def state(self) -> Path:
@@ -160,6 +163,9 @@ def fake_kube_demo(
         controllers.job_handler(
             f"opsflow-demo/api:{version}", _release_job(postgres_server, version)
         )
+    claim = root / "claim-applogs"
+    claim.mkdir()
+    controllers.job_handler(FAKE_CLEANUP_IMAGE, fake_cleanup_runner(claim))
     env = {
         "OPSFLOW_STACKS_DIR": str(stacks),
         f"AIRFLOW_CONN_{FAKE_CONN.upper()}": json.dumps(
@@ -185,7 +191,7 @@ def fake_kube_demo(
             }
         ),
     }
-    demo = FakeKubeDemo(deployment, cluster, stacks, work, backups, env, postgres_server)
+    demo = FakeKubeDemo(deployment, cluster, stacks, work, backups, env, postgres_server, claim)
     try:
         yield demo
     finally:

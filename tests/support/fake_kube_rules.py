@@ -413,6 +413,22 @@ def _default_pod_spec(spec: Obj, *, restart: str | None) -> None:
             port.setdefault("protocol", "TCP")
 
 
+FAKE_NODES = ("fake-node-a", "fake-node-b")
+
+
+def scheduled_node(spec: Obj) -> str:
+    """The node the scheduler binds a new pod to at once: the one a required node affinity
+    names by ``metadata.name`` (as the DaemonSet controller pins pods), else the first."""
+    affinity = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in affinity.get("nodeSelectorTerms") or []:
+        for field_ in term.get("matchFields") or []:
+            if field_.get("key") == "metadata.name" and field_.get("operator") == "In":
+                return str(field_["values"][0])
+    return FAKE_NODES[0]
+
+
 def apply_defaults(rt: FakeResourceType, obj: Obj, old: Obj | None, next_ip: int) -> None:
     """The defaults the real server writes into every stored object; a product that reads
     `spec.replicas` or `strategy` sees them whether or not its manifest set them."""
@@ -493,7 +509,10 @@ def apply_defaults(rt: FakeResourceType, obj: Obj, old: Obj | None, next_ip: int
             assert data is not None
             data[key] = base64.b64encode(str(value).encode()).decode()
     elif rt.plural == "pods":
-        _default_pod_spec(obj.setdefault("spec", {}), restart="Always")
+        pod_spec = obj.setdefault("spec", {})
+        _default_pod_spec(pod_spec, restart="Always")
+        if old is None:
+            pod_spec.setdefault("nodeName", scheduled_node(pod_spec))
     elif rt.plural == "namespaces":
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta.get("name", "")

@@ -134,6 +134,7 @@ def test_every_rendered_object_is_valid_against_the_kubernetes_schema(
         ("Deployment", "api"),
         ("Deployment", "redis"),
         ("Deployment", "worker"),
+        ("PersistentVolumeClaim", "applogs"),
         ("PersistentVolumeClaim", "redis-data"),
         ("PodDisruptionBudget", "api"),
         ("Service", "api"),
@@ -202,7 +203,7 @@ def test_the_role_file_is_valid_namespaced_and_names_no_wildcard() -> None:
         ("autoscaling", "horizontalpodautoscalers"): applied,
         ("networking.k8s.io", "ingresses"): applied,
         ("policy", "poddisruptionbudgets"): applied,
-        ("", "pods"): {"get", "list"},
+        ("", "pods"): {"get", "list", "create", "delete"},
         ("", "pods/log"): {"get"},
         ("", "pods/portforward"): {"get", "create"},
     }
@@ -391,3 +392,37 @@ def test_references_between_the_objects_resolve(stack: Stack) -> None:
     # The StatefulSet's governing Service is headless.
     assert named[("StatefulSet", "postgres")]["spec"]["serviceName"] == "postgres"
     assert named[("Service", "postgres")]["spec"]["clusterIP"] == "None"
+
+
+@pytest.mark.parametrize("modes", [["ReadWriteOnce"], ["ReadWriteMany"]])
+def test_the_log_cleanup_pod_is_valid_and_runs_as_the_claims_writer(
+    stack: Stack, modes: list[str]
+) -> None:
+    from opsflow.runtimes.kubernetes_logs import BOOTSTRAP, MOUNT, cleanup_pod, mounts_claim
+
+    (api,) = [o for o in release(stack, "1.0.0") if o["metadata"]["name"] == "api"
+              and o["kind"] == "Deployment"]  # fmt: skip
+    writer = copy.deepcopy(api["spec"]["template"])
+    writer["spec"]["nodeName"] = "node-7"
+    assert mounts_claim(writer, "applogs")
+    rule = {"patterns": ["*.log"], "compress_after_days": 1}
+    pod = cleanup_pod(
+        name="demo-logs-abc123-def456", namespace="opsflow-demo", labels={STACK_LABEL: "demo"},
+        claim="applogs", subdir="api", rule=rule, dry_run=True, image="python:3.12-slim",
+        deadline=1800, writer=writer, access_modes=modes,
+    )  # fmt: skip
+    assert_valid(pod)
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] == 1800
+    assert spec["securityContext"]["runAsUser"] == 10001  # the api's user owns its files
+    (container,) = spec["containers"]
+    assert container["command"] == ["python3", "-c", BOOTSTRAP]
+    assert container["args"][:2] == [MOUNT, "api"] and container["args"][-1] == "dry"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    affinity = spec.get("affinity", {}).get("nodeAffinity", {})
+    terms = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+    if modes == ["ReadWriteOnce"]:  # only the writer's node can mount it
+        node_fields = terms["nodeSelectorTerms"][0]["matchFields"][0]
+        assert node_fields["values"] == ["node-7"]
+    else:
+        assert terms == {}

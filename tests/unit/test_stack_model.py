@@ -384,7 +384,22 @@ BAD_VALUES: list[tuple[str, Callable[[dict[str, Any]], object], list[str]]] = [
     (
         "log root with both path and volume",
         _set("logs", {"roots": [{"path": "/var/log/shop", "volume": "logs"}]}),
-        ["logs.roots[0]: a log root needs exactly one of path or volume"],
+        ["logs.roots[0]: a log root needs exactly one of path, volume or claim"],
+    ),
+    (
+        "log root with both volume and claim",
+        _set("logs", {"roots": [{"volume": "shop_logs", "claim": "logs"}]}),
+        ["logs.roots[0]: a log root needs exactly one of path, volume or claim"],
+    ),
+    (
+        "claim log root on compose",
+        _set("logs", {"roots": [{"claim": "applogs"}]}),
+        ["logs.roots[0].claim: a claim log root needs the kubernetes runtime", "(got 'applogs')"],
+    ),
+    (
+        "claim name that is no Kubernetes name",
+        _set("logs", {"roots": [{"claim": "App_Logs"}]}),
+        ["logs.roots[0].claim: String should match pattern", "(got 'App_Logs')"],
     ),
     (
         "log pattern escaping its root",

@@ -7,6 +7,7 @@ run summary and its return value shows the same report in the UI.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ def describe_root_report(label: str, report: dict[str, Any]) -> list[str]:
         lines.append(f"{label}: largest remaining: {largest}")
     if report.get("error"):
         lines.append(f"{label}: ERROR {report['error']}")
+    if report.get("note"):
+        lines.append(f"{label}: NOTE {report['note']}")
     return lines
 
 
@@ -70,20 +73,27 @@ def clean_roots(
     from opsflow.logs.files import clean_root, open_file_ids
 
     open_files = open_file_ids()
-    reports: dict[str, dict[str, Any]] = {}
+    reports = [
+        (label, str(path), clean_root(path, rule, dry_run=dry_run, open_files=open_files).to_dict())
+        for label, path, rule in roots
+    ]
+    return summarise_roots(reports, dry_run=dry_run, record=record)
+
+
+def summarise_roots(
+    reports: Sequence[tuple[str, str, dict[str, Any]]], *, dry_run: bool, record: StepRecord
+) -> list[str]:
+    """Fill ``record`` from ``(label, where, report)`` of every root; return the failures."""
     problems: list[str] = []
-    for label, path, rule in roots:
-        report = clean_root(path, rule, dry_run=dry_run, open_files=open_files).to_dict()
-        reports[label] = report
+    for label, where, report in reports:
         record.lines.extend(describe_root_report(label, report))
         if report["status"] == "error":
-            problems.append(f"log root {label} ({path}) failed: {report['error']}")
-    record.report = {"roots": reports}
-    totals = [sum(r["bytes_before"] for r in reports.values())]
-    totals.append(sum(r["bytes_after"] for r in reports.values()))
-    record.detail = (
-        f"{len(reports)} roots, {human_bytes(totals[0])} -> {human_bytes(totals[1])}"
-        + (" (dry run)" if dry_run else "")
+            problems.append(f"log root {label} ({where}) failed: {report['error']}")
+    record.report = {"roots": {label: report for label, _, report in reports}}
+    before = sum(report["bytes_before"] for _, _, report in reports)
+    after = sum(report["bytes_after"] for _, _, report in reports)
+    record.detail = f"{len(reports)} roots, {human_bytes(before)} -> {human_bytes(after)}" + (
+        " (dry run)" if dry_run else ""
     )
     return problems
 
@@ -118,18 +128,37 @@ def root_path(stack: Stack, root: LogRoot) -> Path:
 
 
 class StackLogFilesOperator(MaintenanceStepOperator):
-    """Compress, delete and cap the log files of every ``logs.roots`` entry of a stack."""
+    """Compress, delete and cap the log files of every ``logs.roots`` entry of a stack:
+    host paths and volumes here, claims through the runtime (a pod that mounts them)."""
 
     def housekeep(self, record: StepRecord) -> list[str]:
         stack = run_stack(self.stack_name)
         if not stack.logs.roots:
             record.detail = "the stack declares no log roots"
             return []
-        roots = [
-            (root.path or f"volume:{root.volume}", root_path(stack, root), root_rule(root))
-            for root in stack.logs.roots
-        ]
-        return clean_roots(roots, dry_run=record.dry_run, record=record)
+        reports = [self._clean(stack, root, record.dry_run) for root in stack.logs.roots]
+        return summarise_roots(reports, dry_run=record.dry_run, record=record)
+
+    def _clean(self, stack: Stack, root: LogRoot, dry_run: bool) -> tuple[str, str, dict[str, Any]]:
+        from opsflow.logs.files import RootReport, clean_root, open_file_ids
+        from opsflow.runtimes.base import RuntimeFailure
+        from opsflow.runtimes.registry import runtime_for
+
+        if root.claim is None:
+            path = root_path(stack, root)
+            label = root.path or f"volume:{root.volume}"
+            report = clean_root(path, root_rule(root), dry_run=dry_run, open_files=open_file_ids())
+            return label, str(path), report.to_dict()
+        label = f"claim:{root.claim}" + (f"/{root.subdir}" if root.subdir else "")
+        rule = dataclasses.asdict(root_rule(root))
+        try:
+            found = runtime_for(stack).clean_claim(
+                root.claim, root.subdir, rule, dry_run=dry_run, log=self.log
+            )
+        except RuntimeFailure as error:
+            failed = RootReport(root=label, status="error", dry_run=dry_run, error=str(error))
+            return label, label, failed.to_dict()
+        return label, label, found
 
 
 class ContainerLogsOperator(MaintenanceStepOperator):

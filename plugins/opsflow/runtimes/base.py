@@ -177,6 +177,20 @@ class Runtime(ABC):
         runtime from here, for the run summary; None when it can (Compose on this host)."""
         return None
 
+    def clean_claim(
+        self,
+        claim: str,
+        subdir: str,
+        rule: Mapping[str, Any],
+        *,
+        dry_run: bool,
+        log: LineLogger,
+    ) -> dict[str, Any]:
+        """Run the log cleanup engine with ``rule`` (a ``CleanupRule``'s fields) on a log
+        root on volume claim ``claim``; the engine's report. Only a runtime with volume
+        claims (Kubernetes) has any."""
+        raise RuntimeFailure(f"the {self.kind} runtime has no volume claims")
+
     def applied(self, version: str) -> dict[str, bytes]:
         """What ``start`` sends for ``version`` beyond the config files, by archive name
         (Kubernetes: the rendered objects), for the ledger's config store. Nothing by

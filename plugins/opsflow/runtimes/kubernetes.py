@@ -196,6 +196,25 @@ class KubernetesCluster(Runtime):
             "collection removes unused ones; none is pruned from here",
         }.get(work)
 
+    def clean_claim(
+        self,
+        claim: str,
+        subdir: str,
+        rule: Mapping[str, Any],
+        *,
+        dry_run: bool,
+        log: LineLogger,
+    ) -> dict[str, Any]:
+        """By a pod that mounts the claim and runs the engine once
+        (``runtimes/kubernetes_logs.py``)."""
+        from opsflow.runtimes.kubernetes_logs import ClaimCleanup
+
+        cleanup = ClaimCleanup(
+            self.api, self.stack.name, self.name, self.runtime.log_cleanup_image,
+            self.runtime.log_cleanup_timeout.total_seconds(),
+        )  # fmt: skip
+        return cleanup.run(claim, subdir, rule, dry_run=dry_run, log=log)
+
     def applied(self, version: str) -> dict[str, bytes]:
         return {APPLIED_NAME: release_text(self.release(version)).encode()}
 

@@ -246,6 +246,10 @@ class KubernetesRuntime(Strict):
     field_manager: str = Field(default="opsflow", pattern=r"^[a-z0-9][a-z0-9.-]{0,127}$")
     # Service -> its Deployment or StatefulSet, where the names differ.
     workloads: dict[str, str] = Field(default_factory=dict)
+    # The image of the pod that cleans log roots on PersistentVolumeClaims (``logs.roots[]
+    # .claim``): any image with Python 3.10 or later; the cluster's nodes pull it.
+    log_cleanup_image: ImageReference = "docker.io/library/python:3.12-slim-bookworm"
+    log_cleanup_timeout: Duration = timedelta(minutes=30)
 
 
 Runtime = Annotated[ComposeRuntime | KubernetesRuntime, Field(discriminator="kind")]
@@ -405,13 +409,19 @@ class Backup(Strict):
 
 
 class LogRoot(Strict):
-    """A directory of log files: a host path, or the host path of a named volume."""
+    """A directory of log files: a host path, the host path of a named volume, or a
+    PersistentVolumeClaim of a Kubernetes stack (cleaned through a pod that mounts it)."""
 
     # Absolute, or relative to the runtime's working dir (a checkout's ``logs/``), so a
     # stack file stays right on a machine where the checkout lives elsewhere.
     path: PlainPath | None = None
     # Docker volume names; a stack may only name its compose project's (``<project>_...``).
     volume: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    # A claim in the stack's namespace that the stack's objects own (checked at run time,
+    # against the cluster, before a pod mounts it).
+    claim: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
     subdir: str = ""
     patterns: list[str] = Field(default_factory=lambda: ["*.log"], min_length=1)
     compress_after_days: int | None = Field(default=None, ge=0)
@@ -425,8 +435,8 @@ class LogRoot(Strict):
 
     @model_validator(mode="after")
     def _one_location(self) -> LogRoot:
-        if (self.path is None) == (self.volume is None):
-            raise ValueError("a log root needs exactly one of path or volume")
+        if sum(where is not None for where in (self.path, self.volume, self.claim)) != 1:
+            raise ValueError("a log root needs exactly one of path, volume or claim")
         subdir = PurePosixPath(self.subdir)
         if self.subdir and (subdir.is_absolute() or ".." in subdir.parts):
             raise stack_rule_error(
@@ -587,6 +597,12 @@ class Stack(Strict):
                     where, f"names an unknown service (known: {sorted(seen)})", name
                 )
         for index, root in enumerate(self.logs.roots):
+            if root.claim is not None and not isinstance(self.runtime, KubernetesRuntime):
+                raise stack_rule_error(
+                    f"logs.roots[{index}].claim",
+                    "a claim log root needs the kubernetes runtime",
+                    root.claim,
+                )
             if root.volume is None:
                 continue
             where = f"logs.roots[{index}].volume"

@@ -231,7 +231,7 @@ def stack_path_problems(stack: Stack, stack_dir: Path) -> list[str]:
             check(field, listed, file_path)
     for index, root in enumerate(stack.logs.roots):
         if root.path is None:
-            continue  # a volume root: the model checked its name and subdir
+            continue  # a volume or claim root: the model checked its name and subdir
         field = f"logs.roots[{index}].path"
         base = under_working(root.path)
         if base is None:
