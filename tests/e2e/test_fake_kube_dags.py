@@ -6,18 +6,24 @@ ports and real scratch containers verifying the backups.
 The tests run in file order: deploy 1.0.0, upgrade to 1.1.0, a backup verified, that backup
 restored with the writers scaled down and back, a release that never becomes available
 rolled back with its ConfigMap and image as before, a release whose migration Job fails
-rolled back with the database restored, and the log files on the claim applogs cleaned by a
-pod that mounts it, with what the cluster keeps out of reach said in the summary.
+rolled back with the database restored, the Redis dump restored into its claim through a pod
+that mounts it, and the log files on the claim applogs cleaned by a pod that mounts it, with
+what the cluster keeps out of reach said in the summary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import stat
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +33,7 @@ from support.backup import pg_image, redis_image
 from support.fake_kube_dags import FAKE_NAMESPACE, FakeKubeDemo, fake_kube_demo
 from support.receivers import HttpCapture, SmtpCapture, alert_connections
 from support.servers import postgres_server, redis_server
+from support.services import free_port, wait_for_redis
 
 pytestmark = pytest.mark.e2e
 __all__ = ["fake_kube_demo", "pg_image", "postgres_server", "redis_image", "redis_server"]
@@ -90,6 +97,9 @@ def test_fake_upgrade_to_1_1_0_waits_for_the_whole_rollout(fake_kube_demo: FakeK
 def test_fake_backup_streams_through_the_pods_and_is_verified(fake_kube_demo: FakeKubeDemo) -> None:
     kube = fake_kube_demo
     kube.sql("INSERT INTO items (name) SELECT 'item ' || g FROM generate_series(1, 500) AS g")
+    with _redis(kube) as cache:
+        cache.flushall()
+        cache.mset({f"session:{n}": f"user {n}" for n in range(40)})
     result = kube.dags_test("backup", {})
     out = out_of(result)
     assert result.returncode == 0, out[-6000:]
@@ -121,6 +131,67 @@ def test_fake_restore_stops_the_writers_and_puts_the_rows_back(
     assert "scaled apps/v1/Deployment/api to 0" in out
     assert "scaled apps/v1/Deployment/api to 2" in out
     assert kube.deployment_of("api")["spec"]["replicas"] == 2
+
+
+def test_fake_redis_restore_writes_the_dump_into_its_claim_through_a_pod(
+    fake_kube_demo: FakeKubeDemo,
+) -> None:
+    kube = fake_kube_demo
+    found = [json.loads(p.read_text()) for p in kube.backups.rglob("manifest.json")]
+    (manifest,) = [m for m in found if m["trigger"] == "manual"]
+    (cache,) = [s for s in manifest["sources"] if s["name"] == "cache"]
+    assert cache["fingerprint"]["keys"] == 40
+    conf = {"backup_id": manifest["backup_id"], "sources": ["cache"], "confirm": "demo-k8s"}
+    result = kube.dags_test("restore", conf)
+    out = out_of(result)
+    assert result.returncode == 0, out[-6000:]
+    assert "into claim redis-data through pod" in out
+    # Redis was scaled down while its file was replaced, and back after.
+    assert "scaled apps/v1/Deployment/redis to 0" in out
+    assert kube.deployment_of("redis")["spec"]["replicas"] == 1
+    restored = kube.claims["redis-data"] / "dump.rdb"
+    assert stat.S_IMODE(restored.stat().st_mode) == 0o600
+    # A real Redis loads the file that arrived: the keys the backup held.
+    with _redis_on(restored.parent) as loaded:
+        assert loaded.dbsize() == 40
+        assert loaded.get("session:7") == b"user 7"
+    pods = kube.cluster.store.list("pods", FAKE_NAMESPACE, "opsflow.io/role=restore")
+    assert pods == []
+
+
+@contextlib.contextmanager
+def _redis(kube: FakeKubeDemo) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis(kube.redis.host, kube.redis.port, password=kube.redis.password)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _redis_on(data_dir: Path) -> Iterator[Any]:
+    """A real redis-server loading ``data_dir``'s dump.rdb (from a copy: it may rewrite it)."""
+    import redis
+
+    copy = data_dir.parent / f"{data_dir.name}-loaded"
+    shutil.copytree(data_dir, copy)
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(copy)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis("127.0.0.1", port)
+    try:
+        wait_for_redis(client, server, "redis-server on the restored dump")
+        yield client
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 def test_fake_never_available_release_is_rolled_back_with_its_configmap_and_image(
@@ -175,7 +246,7 @@ def test_fake_log_cleanup_cleans_the_claim_and_says_what_is_out_of_reach(
 ) -> None:
     kube = fake_kube_demo
     day = 86400.0
-    pod_dir = kube.claim / "api-7d9f-abcde"
+    pod_dir = kube.claims["applogs"] / "api-7d9f-abcde"
     pod_dir.mkdir()
     rotated, expired, current = (pod_dir / n for n in ("api.log.1", "api.log.2.gz", "api.log"))
     for path, age in ((rotated, 3), (expired, 20), (current, 0)):

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from opsflow.connections import endpoint
 from opsflow.health import CheckResult, PostgresCheck, RedisCheck, run_check
 from opsflow.stack.model import PostgresSource, RedisSource
 from support.backup import ListLog
-from support.services import free_port, service_missing
+from support.services import free_port, service_missing, wait_for_redis
 
 pytestmark = pytest.mark.integration
 PASSWORD = "tls-Secret-0psflow"
@@ -218,16 +217,7 @@ def redis_tls_port(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         ssl_certfile=str(pki.client_cert), ssl_keyfile=str(pki.client_key),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    _out, err = process.communicate(timeout=5) if process.poll() else (b"", b"")
-                    raise RuntimeError(f"TLS redis-server did not start: {err!r}") from None
-                time.sleep(0.05)
+        wait_for_redis(client, process, "TLS redis-server")
         client.mset({f"key:{number}": f"value {number}" for number in range(KEYS)})
         yield port
     finally:

@@ -2,7 +2,7 @@
 the claim, against the fake API server and controllers (tests/support/fake_kube_*): the
 claim's ownership is checked, the pod is created as the writers' user on their node and
 deleted afterwards, and the file engine's decisions are real on a host directory that stands
-for the claim (tests/support/fake_kube_logs.py)."""
+for the claim (tests/support/fake_kube_claims.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import pytest
 
 from opsflow.runtimes.base import RuntimeFailure
 from opsflow.runtimes.kubernetes import KubernetesCluster
-from opsflow.runtimes.kubernetes_logs import ROLE, ROLE_LABEL
+from opsflow.runtimes.kubernetes_claim_pods import ROLE_LABEL
+from opsflow.runtimes.kubernetes_logs import ROLE
+from support.fake_kube_claims import FAKE_CLAIM_POD_IMAGE, fake_claim_pod_runner
 from support.fake_kube_controllers import FakeKubeCluster, fake_kube_cluster
-from support.fake_kube_logs import FAKE_CLEANUP_IMAGE, fake_cleanup_runner
 from support.fake_kube_stack import FAKE_NS as NS
 from support.fake_kube_stack import fake_kdemo
 
@@ -52,7 +53,10 @@ def fake_kdemo_logs(
     cluster.wait_for("api pods", lambda: _writers(cluster), 30)
     claim_dir = tmp_path / "claim-applogs"
     claim_dir.mkdir()
-    cluster.controllers.job_handler(FAKE_CLEANUP_IMAGE, fake_cleanup_runner(claim_dir))
+    runner = fake_claim_pod_runner(
+        {"applogs": claim_dir, "data-postgres-0": claim_dir}, cluster.api, NS
+    )
+    cluster.controllers.job_handler(FAKE_CLAIM_POD_IMAGE, runner)
     yield runtime, cluster, claim_dir
 
 
@@ -162,9 +166,11 @@ def test_fake_claim_of_a_statefulset_is_cleaned_on_the_writers_node(fake_kdemo_l
 
 def test_fake_claim_pod_that_cannot_pull_its_image_fails_naming_why(fake_kdemo_logs: Any) -> None:
     runtime, cluster, claim = fake_kdemo_logs
-    cluster.controllers.fail_image(FAKE_CLEANUP_IMAGE, "image_pull")
+    cluster.controllers.fail_image(FAKE_CLAIM_POD_IMAGE, "image_pull")
     _file(claim / "api-abc12" / "api.log.1", age_days=3)
-    with pytest.raises(RuntimeFailure, match=r"cleanup pod .*(ErrImagePull|ImagePullBackOff)"):
+    with pytest.raises(
+        RuntimeFailure, match=r"pod kdemo-log-cleanup-.*(ErrImagePull|ImagePullBackOff)"
+    ):
         runtime.clean_claim("applogs", "", RULE, dry_run=False, log=log)
     assert _cleanup_pods(cluster) == []
     assert (claim / "api-abc12" / "api.log.1").exists()

@@ -25,8 +25,8 @@ import yaml
 from support import REPO_ROOT
 from support.demo import DemoDeployment
 from support.fake_kube_api import FakeKubeApi
+from support.fake_kube_claims import FAKE_CLAIM_POD_IMAGE, fake_claim_pod_runner
 from support.fake_kube_controllers import FakeKubeCluster, FakeKubeControllers
-from support.fake_kube_logs import FAKE_CLEANUP_IMAGE, fake_cleanup_runner
 from support.servers import PostgresServer, RedisServer
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
@@ -58,7 +58,8 @@ class FakeKubeDemo:
     backups: Path
     env: dict[str, str]
     pg: PostgresServer
-    claim: Path  # the host directory that stands for the claim applogs
+    redis: RedisServer
+    claims: dict[str, Path]  # claim -> the host directory that stands for it
 
     @property
     def state(self) -> Path:
@@ -163,9 +164,12 @@ def fake_kube_demo(
         controllers.job_handler(
             f"opsflow-demo/api:{version}", _release_job(postgres_server, version)
         )
-    claim = root / "claim-applogs"
-    claim.mkdir()
-    controllers.job_handler(FAKE_CLEANUP_IMAGE, fake_cleanup_runner(claim))
+    claims = {name: root / f"claim-{name}" for name in ("applogs", "redis-data")}
+    for path in claims.values():
+        path.mkdir()
+    controllers.job_handler(
+        FAKE_CLAIM_POD_IMAGE, fake_claim_pod_runner(claims, api, FAKE_NAMESPACE)
+    )
     env = {
         "OPSFLOW_STACKS_DIR": str(stacks),
         f"AIRFLOW_CONN_{FAKE_CONN.upper()}": json.dumps(
@@ -191,7 +195,9 @@ def fake_kube_demo(
             }
         ),
     }
-    demo = FakeKubeDemo(deployment, cluster, stacks, work, backups, env, postgres_server, claim)
+    demo = FakeKubeDemo(
+        deployment, cluster, stacks, work, backups, env, postgres_server, redis_server, claims
+    )
     try:
         yield demo
     finally:

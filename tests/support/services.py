@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import time
 import urllib.error
 import urllib.request
 from typing import Any, NoReturn
@@ -17,6 +19,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for_redis(client: Any, process: subprocess.Popen[bytes], what: str) -> None:
+    """Until the Redis ``client`` answers PING; raises naming ``what`` (and the server's
+    stderr, when it was captured) when ``process`` ended or 15 s passed first."""
+    import redis
+
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                _out, err = process.communicate(timeout=5) if process.poll() else (b"", b"")
+                raise RuntimeError(f"{what} did not start: {err!r}") from None
+            time.sleep(0.05)
 
 
 def service_unavailable(what: str) -> NoReturn:

@@ -398,18 +398,19 @@ def test_references_between_the_objects_resolve(stack: Stack) -> None:
 def test_the_log_cleanup_pod_is_valid_and_runs_as_the_claims_writer(
     stack: Stack, modes: list[str]
 ) -> None:
-    from opsflow.runtimes.kubernetes_logs import BOOTSTRAP, MOUNT, cleanup_pod, mounts_claim
+    from opsflow.runtimes.kubernetes_claim_pods import MOUNT, claim_pod, mounts_claim
+    from opsflow.runtimes.kubernetes_logs import BOOTSTRAP, cleanup_args
 
     (api,) = [o for o in release(stack, "1.0.0") if o["metadata"]["name"] == "api"
               and o["kind"] == "Deployment"]  # fmt: skip
     writer = copy.deepcopy(api["spec"]["template"])
     writer["spec"]["nodeName"] = "node-7"
     assert mounts_claim(writer, "applogs")
-    rule = {"patterns": ["*.log"], "compress_after_days": 1}
-    pod = cleanup_pod(
-        name="demo-logs-abc123-def456", namespace="opsflow-demo", labels={STACK_LABEL: "demo"},
-        claim="applogs", subdir="api", rule=rule, dry_run=True, image="python:3.12-slim",
-        deadline=1800, writer=writer, access_modes=modes,
+    args = cleanup_args("api", {"patterns": ["*.log"], "compress_after_days": 1}, dry_run=True)
+    pod = claim_pod(
+        name="demo-log-cleanup-abc123-def456", namespace="opsflow-demo",
+        labels={STACK_LABEL: "demo"}, claim="applogs", image="python:3.12-slim", deadline=1800,
+        program=BOOTSTRAP, args=args, writer=writer, access_modes=modes,
     )  # fmt: skip
     assert_valid(pod)
     spec = pod["spec"]
@@ -426,3 +427,23 @@ def test_the_log_cleanup_pod_is_valid_and_runs_as_the_claims_writer(
         assert node_fields["values"] == ["node-7"]
     else:
         assert terms == {}
+
+
+def test_the_restore_pod_is_valid_and_writes_into_the_redis_claim(stack: Stack) -> None:
+    from opsflow.runtimes.kubernetes_claim_pods import claim_mounted_at, claim_pod
+    from opsflow.runtimes.kubernetes_restore import PORT, RECEIVER
+
+    (redis,) = [o for o in release(stack, "1.0.0") if o["metadata"]["name"] == "redis"
+                and o["kind"] == "Deployment"]  # fmt: skip
+    (postgres,) = [o for o in release(stack, "1.0.0") if o["kind"] == "StatefulSet"]
+    assert claim_mounted_at(redis, "/data") == "redis-data"
+    assert claim_mounted_at(postgres, "/var/lib/postgresql/data") == "data-postgres-0"
+    assert claim_mounted_at(redis, "/nowhere") is None
+    pod = claim_pod(
+        name="demo-restore-abc123-def456", namespace="opsflow-demo", labels={STACK_LABEL: "demo"},
+        claim="redis-data", image="python:3.12-slim", deadline=1800, program=RECEIVER,
+        args=["/opsflow/claim", "dump.rdb", "10", "0" * 64, str(PORT)], port=PORT, writer=None,
+        access_modes=["ReadWriteOnce"],
+    )  # fmt: skip
+    assert_valid(pod)
+    assert pod["spec"]["containers"][0]["ports"] == [{"name": "receive", "containerPort": PORT}]

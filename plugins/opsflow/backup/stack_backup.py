@@ -8,7 +8,8 @@ and S3 clients come from the amazon provider's hook.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -346,7 +347,8 @@ class StackBackups:
         if isinstance(source, RedisSource):
             from opsflow.backup.redis import restore_redis
 
-            return restore_redis(saved, artifact, self.redis_data_dir(source), ctx)
+            with self.redis_data_dir(source, ctx.log) as data_dir:
+                return restore_redis(saved, artifact, data_dir, ctx)
         if isinstance(source, BucketSource):
             from opsflow.backup.buckets import restore_bucket
 
@@ -375,11 +377,14 @@ class StackBackups:
             runtime.run("resume", self.release, log, services=services, timeout=300)
         return services
 
-    def redis_data_dir(self, source: RedisSource) -> Path:
-        """Host path of the directory the Redis service keeps ``dump.rdb`` in."""
+    @contextlib.contextmanager
+    def redis_data_dir(self, source: RedisSource, log: LineLogger) -> Iterator[Path]:
+        """The directory to write the Redis service's ``dump.rdb`` into, for the block
+        (the runtime puts it in the service's ``/data``)."""
         if not source.service:
             raise BackupError(f"{source.name}: restoring Redis needs the stack's service")
         try:
-            return self.runtime.data_dir(source.service, "/data", self.release)
+            with self.runtime.data_dir_to_write(source.service, "/data", self.release, log) as d:
+                yield d
         except RuntimeFailure as error:
             raise BackupError(f"{source.name}: {error}") from None

@@ -191,6 +191,14 @@ class Runtime(ABC):
         claims (Kubernetes) has any."""
         raise RuntimeFailure(f"the {self.kind} runtime has no volume claims")
 
+    @contextlib.contextmanager
+    def data_dir_to_write(
+        self, service: str, target: str, version: str, log: LineLogger
+    ) -> Iterator[Path]:
+        """A directory to write files for the directory mounted at ``target`` in
+        ``service`` into (a restore's): by default that host directory itself."""
+        yield self.data_dir(service, target, version)
+
     def applied(self, version: str) -> dict[str, bytes]:
         """What ``start`` sends for ``version`` beyond the config files, by archive name
         (Kubernetes: the rendered objects), for the ledger's config store. Nothing by

@@ -29,6 +29,7 @@ from typing import Any
 from opsflow.connections import Endpoint
 from opsflow.runtimes.base import ContainerState, FetchStep, Runtime, RuntimeFailure
 from opsflow.runtimes.kubernetes_api import KubeApi
+from opsflow.runtimes.kubernetes_claim_pods import ClaimPods
 from opsflow.runtimes.kubernetes_manifests import (
     MANAGED_BY,
     SERVICE_LABEL,
@@ -196,6 +197,13 @@ class KubernetesCluster(Runtime):
             "collection removes unused ones; none is pruned from here",
         }.get(work)
 
+    @cached_property
+    def claim_pods(self) -> ClaimPods:
+        return ClaimPods(
+            self.api, self.stack.name, self.name, self.runtime.claim_pod_image,
+            self.runtime.claim_pod_timeout.total_seconds(),
+        )  # fmt: skip
+
     def clean_claim(
         self,
         claim: str,
@@ -205,15 +213,44 @@ class KubernetesCluster(Runtime):
         dry_run: bool,
         log: LineLogger,
     ) -> dict[str, Any]:
-        """By a pod that mounts the claim and runs the engine once
-        (``runtimes/kubernetes_logs.py``)."""
-        from opsflow.runtimes.kubernetes_logs import ClaimCleanup
+        """By a pod that mounts the claim and runs the engine (``kubernetes_logs.py``)."""
+        from opsflow.runtimes.kubernetes_logs import clean_claim
 
-        cleanup = ClaimCleanup(
-            self.api, self.stack.name, self.name, self.runtime.log_cleanup_image,
-            self.runtime.log_cleanup_timeout.total_seconds(),
-        )  # fmt: skip
-        return cleanup.run(claim, subdir, rule, dry_run=dry_run, log=log)
+        return clean_claim(self.claim_pods, claim, subdir, rule, dry_run=dry_run, log=log)
+
+    @contextlib.contextmanager
+    def data_dir_to_write(
+        self, service: str, target: str, version: str, log: LineLogger
+    ) -> Iterator[Path]:
+        """A local directory; each file left in it is then written into the claim the
+        service mounts at ``target``, by a pod that mounts it (``kubernetes_restore.py``)."""
+        import tempfile
+
+        from opsflow.runtimes.kubernetes_restore import put_file
+
+        claim = self._claim_at(service, target)
+        with tempfile.TemporaryDirectory(prefix="opsflow-restore-") as local:
+            yield Path(local)
+            for path in sorted(Path(local).iterdir()):
+                if path.is_file() and not path.name.startswith("."):
+                    put_file(self.claim_pods, self.api.client, claim, path.name, path, log)
+
+    def _claim_at(self, service: str, target: str) -> str:
+        from opsflow.runtimes.kubernetes_claim_pods import claim_mounted_at
+
+        name = workload_of(self.stack, service)
+        workload = self.api.get("apps/v1", "Deployment", name, self.name) or self.api.get(
+            "apps/v1", "StatefulSet", name, self.name
+        )
+        if workload is None:
+            raise RuntimeFailure(f"{service}: no Deployment or StatefulSet {name} to write into")
+        claim = claim_mounted_at(workload, target)
+        if claim is None:
+            raise RuntimeFailure(
+                f"{service}'s {target} is on no PersistentVolumeClaim of {name} (an emptyDir "
+                "or the image's own filesystem): nothing outlives the pod to restore into"
+            )
+        return claim
 
     def applied(self, version: str) -> dict[str, bytes]:
         return {APPLIED_NAME: release_text(self.release(version)).encode()}

@@ -246,10 +246,11 @@ class KubernetesRuntime(Strict):
     field_manager: str = Field(default="opsflow", pattern=r"^[a-z0-9][a-z0-9.-]{0,127}$")
     # Service -> its Deployment or StatefulSet, where the names differ.
     workloads: dict[str, str] = Field(default_factory=dict)
-    # The image of the pod that cleans log roots on PersistentVolumeClaims (``logs.roots[]
-    # .claim``): any image with Python 3.10 or later; the cluster's nodes pull it.
-    log_cleanup_image: ImageReference = "docker.io/library/python:3.12-slim-bookworm"
-    log_cleanup_timeout: Duration = timedelta(minutes=30)
+    # The image of the pods opsflow runs on the stack's claims (log cleanup of
+    # ``logs.roots[].claim``, a Redis restore): any image with Python 3.10 or later; the
+    # cluster's nodes pull it.
+    claim_pod_image: ImageReference = "docker.io/library/python:3.12-slim-bookworm"
+    claim_pod_timeout: Duration = timedelta(minutes=30)
 
 
 Runtime = Annotated[ComposeRuntime | KubernetesRuntime, Field(discriminator="kind")]
