@@ -35,7 +35,7 @@ def fake_system(
     fake_kube_cluster: FakeKubeCluster,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[KubernetesCluster]:
+) -> Iterator[tuple[KubernetesCluster, FakeKubeCluster]]:
     """``<system>-k8s`` with its variant pointed at the fake cluster and a copy of the
     system's manifests; everything else as the stack files say."""
     system = request.param
@@ -46,16 +46,14 @@ def fake_system(
         extends=REPO / "include" / "stacks" / f"{system}-k8s.yaml",
         manifests=REPO / "include" / "replicas" / system / "k8s", variant=variant,
     )  # fmt: skip
-    runtime.fake_cluster = fake_kube_cluster  # type: ignore[attr-defined]
-    yield runtime
+    yield runtime, fake_kube_cluster
 
 
 def _versioned(runtime: KubernetesCluster) -> list[str]:
     return [s.name for s in runtime.stack.services if s.image and ":" not in s.image]
 
 
-def _release(runtime: KubernetesCluster, version: str) -> None:
-    cluster: FakeKubeCluster = runtime.fake_cluster  # type: ignore[attr-defined]
+def _release(runtime: KubernetesCluster, cluster: FakeKubeCluster, version: str) -> None:
     runtime.run("start", version, log)
     cluster.wait_for(f"{version} rolled out", lambda: fake_rolled_out(runtime), 60)
     running = fake_running_images(runtime)
@@ -66,13 +64,12 @@ def _release(runtime: KubernetesCluster, version: str) -> None:
 
 
 def test_fake_system_is_deployed_and_upgraded_by_its_own_manifests(
-    fake_system: KubernetesCluster,
+    fake_system: tuple[KubernetesCluster, FakeKubeCluster],
 ) -> None:
-    runtime = fake_system
-    cluster: FakeKubeCluster = runtime.fake_cluster  # type: ignore[attr-defined]
+    runtime, cluster = fake_system
     runtime.run("fetch", "1.0.0", log)  # the server checks every object; nothing is stored
     assert cluster.store.list("deployments", NS) == []
-    _release(runtime, "1.0.0")
+    _release(runtime, cluster, "1.0.0")
     assert _versioned(runtime), "a system without a versioned service proves nothing here"
     states = asyncio.run(runtime.context().rollouts())
     assert {s.name for s in states} == {
@@ -91,7 +88,7 @@ def test_fake_system_is_deployed_and_upgraded_by_its_own_manifests(
             "deployments", NS, name, {"spec": {"replicas": 5}},
             "application/merge-patch+json", manager="horizontal-pod-autoscaler",
         )  # fmt: skip
-    _release(runtime, "1.1.0")
+    _release(runtime, cluster, "1.1.0")
     for name in scaled:  # the release left the autoscaler's count alone
         assert cluster.store.get("deployments", NS, name)["spec"]["replicas"] == 5
     # Every service the stack file names has pods, and each is ready by the kubelet.
@@ -103,11 +100,10 @@ def test_fake_system_is_deployed_and_upgraded_by_its_own_manifests(
 
 
 def test_fake_system_stop_and_resume_put_back_every_workloads_replicas(
-    fake_system: KubernetesCluster,
+    fake_system: tuple[KubernetesCluster, FakeKubeCluster],
 ) -> None:
-    runtime = fake_system
-    cluster: FakeKubeCluster = runtime.fake_cluster  # type: ignore[attr-defined]
-    _release(runtime, "1.0.0")
+    runtime, cluster = fake_system
+    _release(runtime, cluster, "1.0.0")
     apps = [s.name for s in runtime.stack.services if s.role in ("app", "worker")]
     assert apps
     before = _replicas(cluster, runtime, apps)

@@ -136,18 +136,31 @@ class StackLogFilesOperator(MaintenanceStepOperator):
         if not stack.logs.roots:
             record.detail = "the stack declares no log roots"
             return []
-        reports = [self._clean(stack, root, record.dry_run) for root in stack.logs.roots]
+        from opsflow.logs.files import open_file_ids
+
+        # One snapshot of the open files for every root on this host (none for claims).
+        local = any(root.claim is None for root in stack.logs.roots)
+        open_files = open_file_ids() if local else frozenset()
+        reports = [
+            self._clean(stack, root, record.dry_run, open_files) for root in stack.logs.roots
+        ]
         return summarise_roots(reports, dry_run=record.dry_run, record=record)
 
-    def _clean(self, stack: Stack, root: LogRoot, dry_run: bool) -> tuple[str, str, dict[str, Any]]:
-        from opsflow.logs.files import RootReport, clean_root, open_file_ids
+    def _clean(
+        self,
+        stack: Stack,
+        root: LogRoot,
+        dry_run: bool,
+        open_files: frozenset[tuple[int, int]],
+    ) -> tuple[str, str, dict[str, Any]]:
+        from opsflow.logs.files import RootReport, clean_root
         from opsflow.runtimes.base import RuntimeFailure
         from opsflow.runtimes.registry import runtime_for
 
         if root.claim is None:
             path = root_path(stack, root)
             label = root.path or f"volume:{root.volume}"
-            report = clean_root(path, root_rule(root), dry_run=dry_run, open_files=open_file_ids())
+            report = clean_root(path, root_rule(root), dry_run=dry_run, open_files=open_files)
             return label, str(path), report.to_dict()
         label = f"claim:{root.claim}" + (f"/{root.subdir}" if root.subdir else "")
         rule = dataclasses.asdict(root_rule(root))
