@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,14 @@ from opsflow.stack.model import HealthGate
 from opsflow.triggers.health import HealthGateTrigger
 
 TCP = {"kind": "tcp", "port": 5432}
+
+
+@contextlib.contextmanager
+def socket_closed() -> Iterator[int]:
+    """A local port nothing listens on (bound, never listening, so nobody else takes it)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
 
 
 def deferral(sensor: HealthGateSensor) -> TaskDeferred:
@@ -147,6 +158,55 @@ def test_a_gate_over_a_healthy_stack_ends_in_the_worker_without_deferring(
     summary = sensor.execute({})  # type: ignore[arg-type]  # raises TaskDeferred if it defers
     assert (summary["status"], summary["rounds"]) == ("success", 3)
     assert summary["checks"][0]["ok"] is True
+
+
+def test_a_placed_stack_waits_in_its_worker_until_the_service_answers() -> None:
+    """A stack on its own host is probed from there: the gate never defers to the central
+    triggerer, and the trigger's own rounds decide in the worker."""
+    import threading
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    sensor = HealthGateSensor(
+        task_id="gate",
+        checks=[TcpCheck(kind="tcp", port=port, timeout="1s")],
+        consecutive=2,
+        interval=timedelta(seconds=0.2),
+        timeout=30,
+    )
+    sensor.wait_in_worker = True
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def open_later() -> None:
+        threading.Event().wait(1.5)  # the first rounds fail: the port is closed
+        listener.bind(("127.0.0.1", port))
+        listener.listen(16)
+
+    opener = threading.Thread(target=open_later, daemon=True)
+    opener.start()
+    try:
+        summary = sensor.execute({})  # type: ignore[arg-type]  # TaskDeferred if it defers
+    finally:
+        opener.join()
+        listener.close()
+    assert summary["status"] == "success"
+    assert summary["checks"][0]["ok"] is True
+
+
+def test_a_placed_stack_s_gate_fails_in_its_worker_at_the_timeout() -> None:
+    with socket_closed() as port:
+        sensor = HealthGateSensor(
+            task_id="gate",
+            checks=[TcpCheck(kind="tcp", port=port, timeout="1s")],
+            consecutive=1,
+            interval=timedelta(seconds=0.2),
+            timeout=2,
+        )
+        sensor.wait_in_worker = True
+        with pytest.raises(AirflowFailException, match=f"127.0.0.1:{port}"):
+            sensor.execute({})  # type: ignore[arg-type]
 
 
 def test_unreadable_compose_config_keeps_the_timeout(

@@ -26,7 +26,13 @@ def dag_defaults(stack: Stack, workflow: str, *, retries: int = 0) -> dict[str, 
 
     Templates render as strings, never as native objects: native rendering turns ``''``
     into ``None`` and ``1.10`` into ``1.1``. Only the run's own params are templated.
+    A placed stack's tasks all go to its host's queue (its edge worker).
     """
+    placed = (
+        {"queue": stack.placement.queue, "executor": stack.placement.executor}
+        if stack.placement
+        else {}
+    )
     return {
         "start_date": pendulum.datetime(*START_DATE, tz=stack.timezone),
         "catchup": False,
@@ -38,6 +44,7 @@ def dag_defaults(stack: Stack, workflow: str, *, retries: int = 0) -> dict[str, 
             "retries": retries,
             "retry_delay": RELEASE_RETRY_DELAY if retries else timedelta(seconds=30),
             "on_failure_callback": failure_callbacks(stack),
+            **placed,
         },
     }
 

@@ -77,7 +77,9 @@ class RuntimeStepOperator(StepOperator):
         if entry is not None and self.step == "migrate":
             self._note_migration_start(ledger, entry)
         if commands and not record.dry_run:
-            self._defer_if_waiting(runtime, version)
+            event = self._wait_if_waiting(runtime, version)
+            if event is not None:
+                return self.resume(record, context, event)
         steps: list[list[str] | None] = [*commands] if commands else [None]
         for argv in steps:
             try:
@@ -104,17 +106,23 @@ class RuntimeStepOperator(StepOperator):
             entry.notes.append(f"applied {digest}")
             ledger.write(entry)
 
-    def _defer_if_waiting(self, runtime: Runtime, version: str) -> None:
+    def _wait_if_waiting(self, runtime: Runtime, version: str) -> dict[str, Any] | None:
         """A step that only waits once started (a Kubernetes migration Job) waits in the
-        triggerer; :meth:`resume` finishes it."""
+        triggerer, or in this worker for a stack placed on its own host (the event is
+        returned); :meth:`resume` finishes it."""
         try:
             wait = runtime.begin_wait(self.step, version, self.log)
         except RuntimeFailure as failed:
             raise AirflowFailException(f"{self.step} of {self.stack_name}: {failed}") from None
         if wait is None:
-            return
+            return None
         from opsflow.triggers.job import JobTrigger
 
+        if run_stack(self.stack_name).placement is not None:
+            from opsflow.triggers.here import first_event
+
+            self.log.info("Waiting for Job %s in this worker, on the stack's host", wait["job"])
+            return first_event(JobTrigger(**wait))
         self.log.info("Waiting for Job %s in the triggerer (no worker slot held)", wait["job"])
         self.defer(
             trigger=JobTrigger(**wait),

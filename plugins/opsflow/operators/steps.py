@@ -7,6 +7,7 @@ metadata DB (which Airflow 3 tasks may not do).
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ class StepRecord:
     report: Any = None
     # What must fail the step once its work is done (housekeeping finishes every root).
     problems: list[str] = field(default_factory=list)
+    # The machine the step ran on: with placement, the stack's host (its edge worker).
+    host: str = field(default_factory=socket.gethostname)
     _started: float = field(default_factory=time.monotonic, repr=False)
 
     def finish(self, status: str, detail: str = "") -> dict[str, Any]:

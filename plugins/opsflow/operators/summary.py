@@ -144,6 +144,9 @@ def render_summary(summary: dict[str, Any]) -> str:
         )
         lines.extend(f"{'':<{width}} $ {command}" for command in record.get("commands", []))
         lines.extend(f"{'':<{width}} {line}" for line in record.get("lines", []))
+    hosts = sorted({r["host"] for r in summary["steps"].values() if r and r.get("host")})
+    if hosts:
+        lines.append(f"steps ran on: {', '.join(hosts)}")
     if summary.get("running"):
         lines.append(f"running now (as the engine reports it): {summary['running']}")
     images = summary.get("images")

@@ -64,6 +64,7 @@ class StackGateSensor(HealthGateSensor):
         self.timeout = gate.timeout.total_seconds()
         self._stack_runtime = runtime_for(stack)
         self.runtime = self._stack_runtime.context().to_dict()
+        self.wait_in_worker = stack.placement is not None
 
     def watched_services(
         self, context: Context, checks: list[HealthCheck], runtime: RuntimeContext

@@ -83,7 +83,8 @@ class HealthGateSensor(BaseSensorOperator):
 
     The first rounds run in the worker: a stack that is healthy already passes without a
     trip through the triggerer. At the first failing round (or when the rounds would hold
-    the worker too long) the gate defers and waits in the triggerer, holding no slot.
+    the worker too long) the gate defers and waits in the triggerer, holding no slot; a
+    stack placed on its own host waits in its worker instead (``wait_in_worker``).
 
     :param checks: health checks (stack-model objects or their plain-data form).
     :param consecutive: all-green rounds in a row needed to pass; a failure resets the count.
@@ -122,6 +123,8 @@ class HealthGateSensor(BaseSensorOperator):
         self.interval = _seconds("interval", interval, allow_zero=True)
         self.timeout_margin = _seconds("timeout_margin", timeout_margin, allow_zero=True)
         self.watch: list[str] | None = None
+        # True for a stack placed on its own host: its gate never moves to the triggerer.
+        self.wait_in_worker = False
         if isinstance(checks, (str, bytes, Mapping)) or not isinstance(checks, Sequence):
             raise ValueError(f"checks must be a list of health checks, got {checks!r}")
         if not checks:
@@ -253,8 +256,7 @@ class HealthGateSensor(BaseSensorOperator):
             failing = [r for r in results if not r.ok]
             if failing:
                 self.log.info(
-                    "Health round %s in the worker: %s of %s checks failing (%s); waiting in "
-                    "the triggerer",
+                    "Health round %s in the worker: %s of %s checks failing (%s); waiting on",
                     number,
                     len(failing),
                     len(results),
@@ -279,6 +281,7 @@ class HealthGateSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         from opsflow.triggers.health import HealthGateTrigger
+        from opsflow.triggers.here import WaitTimedOut, first_event
 
         try:
             checks, runtime = self._validated()
@@ -298,24 +301,32 @@ class HealthGateSensor(BaseSensorOperator):
         if decided is not None:
             return self.execute_complete(context, decided)
         self.log.info(
-            "Deferring health gate: %s checks, %s consecutive rounds every %ss, timeout %ss",
+            "%s health gate: %s checks, %s consecutive rounds every %ss, timeout %ss",
+            "Waiting in the worker for the" if self.wait_in_worker else "Deferring",
             len(checks),
             self.consecutive,
             self.interval,
             timeout,
         )
+        trigger = HealthGateTrigger(
+            checks=[check_to_data(c) for c in checks],
+            consecutive=self.consecutive,
+            interval=self.interval,
+            timeout=timeout,
+            runtime=runtime.to_dict() if runtime else None,
+            started_at=started,
+            watch=self.watch,
+            baseline=baseline,
+            settled_timeout=float(self.timeout) if timeout > self.timeout else None,
+        )
+        if self.wait_in_worker:
+            try:
+                event = first_event(trigger, timeout + DEFER_GRACE)
+            except WaitTimedOut as late:
+                raise AirflowFailException(str(late)) from None
+            return self.execute_complete(context, event)
         self.defer(
-            trigger=HealthGateTrigger(
-                checks=[check_to_data(c) for c in checks],
-                consecutive=self.consecutive,
-                interval=self.interval,
-                timeout=timeout,
-                runtime=runtime.to_dict() if runtime else None,
-                started_at=started,
-                watch=self.watch,
-                baseline=baseline,
-                settled_timeout=float(self.timeout) if timeout > self.timeout else None,
-            ),
+            trigger=trigger,
             method_name="execute_complete",
             timeout=timedelta(seconds=timeout + DEFER_GRACE),
         )

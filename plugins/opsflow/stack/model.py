@@ -519,6 +519,24 @@ class Schedules(Strict):
     log_cleanup: str | None = "30 3 * * *"
 
 
+# --------------------------------------------------------------------------- placement
+
+# Queue names reach Airflow's executors and the edge worker's ``--queues`` argument.
+QUEUE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class Placement(Strict):
+    """Where every task of the stack's DAGs runs: an edge worker on the stack's own host.
+
+    Commands, dumps, log cleanup and Docker access happen there, so backups stream from
+    its disks and log roots are its paths. Its health gates and waits run in that worker
+    too (never in the central triggerer, which cannot reach the host's services).
+    """
+
+    queue: str = Field(pattern=QUEUE_PATTERN)
+    executor: Literal["EdgeExecutor"] = "EdgeExecutor"
+
+
 # --------------------------------------------------------------------------- stack
 
 
@@ -541,6 +559,8 @@ class Stack(Strict):
     logs: Logs = Logs()
     alerts: list[AlertRoute] = Field(default_factory=list)
     schedules: Schedules = Schedules()
+    # None: tasks run where Airflow's default executor runs them (one machine).
+    placement: Placement | None = None
 
     _known_timezone = field_validator("timezone")(known_timezone)
 
