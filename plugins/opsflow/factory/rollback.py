@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from airflow.sdk import DAG, Param
@@ -14,9 +13,6 @@ from opsflow.operators.rollback import PREVIOUS, RollbackPlanOperator, RollbackS
 from opsflow.operators.summary import RunSummaryOperator
 from opsflow.runtimes.registry import runtime_for
 from opsflow.stack.model import PARAM_VERSION_PATTERN, Stack
-
-log = logging.getLogger(__name__)
-FORM_RELEASES = 10
 
 ROLLBACK_DOC = """
 # Roll `{stack}` back to an earlier release
@@ -35,37 +31,25 @@ backup recorded for that release; starts it |
 | `verify` | health gate ({check_count} checks, {consecutive} rounds in a row) |
 | `record` / `unlock` / `summary` | always run |
 
-**Params**: `release` (`previous`, or a version from the list), `restore_data` (only from a
+**Params**: `release` (`previous`, or a recorded version; `plan` checks it against the
+ledger and lists the recorded ones when it is not), `restore_data` (only from a
 backup taken while that release ran), `dry_run`. Failures alert: {alerts}.
 """
 
 
-def recent_releases(stack: Stack) -> dict[str, str]:
-    """Version -> label for the form; read from the ledger files (no Airflow DB)."""
-    from opsflow.releases.ledger import Ledger
-
-    try:
-        recent = Ledger(stack.name).recent(FORM_RELEASES)
-    except (OSError, ValueError) as error:  # the form must render even without a ledger
-        log.warning("cannot read the release ledger of %s: %s", stack.name, error)
-        return {}
-    return {
-        release.version: f"{release.version} (recorded {release.recorded_at:%Y-%m-%d %H:%M} UTC)"
-        for release in recent
-    }
-
-
-def rollback_params(stack: Stack) -> dict[str, Param]:
-    recent = recent_releases(stack)
+def rollback_params() -> dict[str, Param]:
+    """The form. It offers no list of recorded releases: the ledger may be a database the
+    DAG processor must not read while it parses, so ``plan`` checks the choice against the
+    ledger when the run starts and names the recorded releases when it is not one."""
     return {
         "release": Param(
             PREVIOUS,
             type="string",
             pattern=PARAM_VERSION_PATTERN,
             title="Release",
-            description="'previous', or a recorded release (newest first in the list).",
-            examples=[PREVIOUS, *recent],
-            values_display={PREVIOUS: "previous (the release before the current one)", **recent},
+            description="'previous' (the release before the current one), or the version of "
+            "a recorded release; the run checks it against the ledger before changing anything.",
+            examples=[PREVIOUS],
         ),
         "restore_data": Param(
             False,
@@ -89,7 +73,7 @@ def build_rollback_dag(stack: Stack) -> DAG:
         description=f"Return {stack.name} to a recorded earlier release",
         schedule=None,
         max_active_runs=1,
-        params=rollback_params(stack),
+        params=rollback_params(),
         doc_md=render_doc(ROLLBACK_DOC, stack),
         **dag_defaults(stack, "rollback", retries=RELEASE_RETRIES),
     ) as dag:
