@@ -105,7 +105,10 @@ def test_airflow_services_use_celery_postgres_and_redis(config: dict[str, Any]) 
         assert service["image"] == "opsflow/airflow:3.3.2", name
         assert service["build"]["dockerfile"] == "docker/airflow/Dockerfile", name
         assert service["build"]["network"] == "host", name
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == (
+            "CeleryExecutor,airflow.providers.edge3.executors.EdgeExecutor"
+        ), name
+        assert env["AIRFLOW__EDGE__API_ENABLED"] == "True", name
         db_password = SECRETS["AIRFLOW_DB_PASSWORD"]
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == (
             f"postgresql+psycopg2://airflow:{db_password}@postgres:5432/airflow"
