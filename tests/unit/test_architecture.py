@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"stack"},
     {"runtimes"},
     {"backup"},
-    {"releases"},
+    {"releases", "state"},
     {"logs"},
     {"triggers"},
     {"sensors", "notifiers"},

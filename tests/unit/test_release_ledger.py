@@ -1,4 +1,10 @@
-"""The release ledger: newest line wins, private, tolerant of damage, and config snapshots."""
+"""The release ledger: newest state wins, private, tolerant of damage, and config snapshots.
+
+The behaviour runs on both state backends (``state`` is parametrized: files, and a real
+PostgreSQL database of the test's own); the file format (modes, damaged and cut-short
+lines, the legacy ``releases.jsonl`` read in place) is checked on files only
+(``file_state``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,9 @@ from opsflow.releases.ledger import (
     current_and_previous,
     newest_distinct,
 )
+from support.state_backends import BACKENDS, backend_state, on_files, postgres_server
+
+__all__ = ["postgres_server"]  # the session's PostgreSQL, for the postgres variant
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -51,10 +61,20 @@ def succeeded(entry_id: str, version: str, minute: int, **changes: Any) -> Ledge
     return entry(entry_id, version, minute, outcome="succeeded", **changes)
 
 
+@pytest.fixture(params=BACKENDS)
+def state(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """``$OPSFLOW_STATE_DIR``, on each backend in turn."""
+    yield from backend_state(request, tmp_path / "state" / "nested", monkeypatch)
+
+
 @pytest.fixture
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def file_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$OPSFLOW_STATE_DIR`` of the file backend, for checks of its file format."""
     root = tmp_path / "state" / "nested"
     monkeypatch.setenv("OPSFLOW_STATE_DIR", str(root))
+    monkeypatch.delenv("OPSFLOW_STATE_BACKEND", raising=False)
     return root
 
 
@@ -92,7 +112,6 @@ def test_the_newest_line_of_an_entry_wins(state: Path) -> None:
     done = entry("e1", "1.0.0", 0, outcome="succeeded", backup_id="b-1", notes=["all fine"])
     book.write(done)
     book.write(done)  # writing the same state again changes nothing readers see
-    assert len(lines_of(state)) == 3  # append-only: every state is kept in the file
     assert book.entries() == [done]
     found = book.get("e1")
     assert found is not None and found.finished
@@ -102,7 +121,11 @@ def test_the_newest_line_of_an_entry_wins(state: Path) -> None:
         "b-1",
         ["all fine"],
     )
-    assert json.loads(lines_of(state)[0])["outcome"] == "running"
+    if on_files():  # append-only: every state is kept in the file
+        assert len(lines_of(state)) == 3
+        assert json.loads(lines_of(state)[0])["outcome"] == "running"
+    else:  # the database backend writes no file
+        assert not state.exists()
 
 
 def test_entries_come_in_the_order_they_were_started(state: Path) -> None:
@@ -139,23 +162,23 @@ def test_an_entry_survives_the_trip_through_json(state: Path) -> None:
     assert LedgerEntry.from_dict(data) == original
 
 
-def test_ledger_file_and_directories_are_private(state: Path) -> None:
+def test_ledger_file_and_directories_are_private(file_state: Path) -> None:
     Ledger("demo").write(entry("e1", "1.0.0", 0))
-    assert stat.S_IMODE((state / "demo" / "ledger.jsonl").stat().st_mode) == 0o600
-    for directory in (state / "demo", state, state.parent):
+    assert stat.S_IMODE((file_state / "demo" / "ledger.jsonl").stat().st_mode) == 0o600
+    for directory in (file_state / "demo", file_state, file_state.parent):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
-def test_a_loosened_ledger_file_is_made_private_again(state: Path) -> None:
+def test_a_loosened_ledger_file_is_made_private_again(file_state: Path) -> None:
     Ledger("demo").write(entry("e1", "1.0.0", 0))
-    path = state / "demo" / "ledger.jsonl"
+    path = file_state / "demo" / "ledger.jsonl"
     path.chmod(0o644)
     Ledger("demo").write(entry("e2", "1.1.0", 1))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_damaged_lines_are_skipped_with_a_warning(
-    state: Path, caplog: pytest.LogCaptureFixture
+    file_state: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     book = Ledger("demo")
     book.write(succeeded("e1", "1.0.0", 0))
@@ -180,7 +203,7 @@ def test_damaged_lines_are_skipped_with_a_warning(
 
 
 def test_a_line_cut_short_by_a_crash_does_not_swallow_the_next_one(
-    state: Path, caplog: pytest.LogCaptureFixture
+    file_state: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     book = Ledger("demo")
     book.write(succeeded("e1", "1.0.0", 0))
@@ -188,7 +211,7 @@ def test_a_line_cut_short_by_a_crash_does_not_swallow_the_next_one(
     with book.path.open("a", encoding="utf-8") as handle:
         handle.write(cut)  # the crash: no newline
     book.write(succeeded("e3", "1.1.0", 4))
-    assert lines_of(state)[1] == cut
+    assert lines_of(file_state)[1] == cut
     with caplog.at_level(logging.WARNING, logger=ledger.__name__):
         assert [e.entry_id for e in book.entries()] == ["e1", "e3"]
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
@@ -271,8 +294,8 @@ def test_backups_taken_on_a_version_newest_first(state: Path) -> None:
     assert book.backups_taken_on("9.9.9") == []
 
 
-def test_lines_of_the_old_release_history_count_as_releases(state: Path) -> None:
-    legacy = state / "demo" / "releases.jsonl"
+def test_lines_of_the_old_release_history_count_as_releases(file_state: Path) -> None:
+    legacy = file_state / "demo" / "releases.jsonl"
     legacy.parent.mkdir(parents=True)
     old = [
         {"stack": "demo", "version": "0.9.0", "run_id": "old-1", "recorded_at": at(-60),
@@ -341,13 +364,15 @@ def test_bad_stack_names_are_refused(state: Path, stack: str) -> None:
         ({"dag_id": None}, "dag_id must be a non-empty string"),
     ],
 )
-def test_invalid_entries_are_refused(state: Path, changes: dict[str, Any], message: str) -> None:
+def test_invalid_entries_are_refused(
+    file_state: Path, changes: dict[str, Any], message: str
+) -> None:
     values = {**entry("e1", "1.0.0", 0).to_dict(), **changes}
     with pytest.raises(ValueError, match=message):
         LedgerEntry(**values)
     with pytest.raises(ValueError, match=message):
         LedgerEntry.from_dict(values)
-    assert not state.exists()
+    assert not file_state.exists()
 
 
 def test_from_dict_wants_an_object() -> None:
@@ -378,20 +403,32 @@ def test_config_snapshots_are_content_addressed(state: Path, project: dict[str, 
     first = book.save_config(listed(project))
     assert first.files["extra.conf"] == "missing"
     assert len(first.files["compose.yaml"]) == 64 and len(first.digest) == 64
-    stored = sorted(book.configs.iterdir())
-    assert stored == [book.configs / f"{first.digest}.tar"]
-    before = stored[0].stat()
 
     again = book.save_config(reversed(listed(project)))  # the order does not matter
     assert again == first
-    assert sorted(book.configs.iterdir()) == stored
-    assert stored[0].stat().st_mtime_ns == before.st_mtime_ns  # not written again
 
     project[".env"].write_text("VERSION=1.1.0\n", encoding="utf-8")
     changed = book.save_config(listed(project))
     assert changed.digest != first.digest
     assert changed.files["compose.yaml"] == first.files["compose.yaml"]
     assert changed.files[".env"] != first.files[".env"]
+    assert book.config_files(changed.digest)[".env"] == b"VERSION=1.1.0\n"
+    assert book.config_files(first.digest)[".env"] == b"VERSION=1.0.0\n"  # both kept
+
+
+def test_a_config_snapshot_is_one_file_written_once(
+    file_state: Path, project: dict[str, Path]
+) -> None:
+    book = Ledger("demo")
+    first = book.save_config(listed(project))
+    stored = sorted(book.configs.iterdir())
+    assert stored == [book.configs / f"{first.digest}.tar"]
+    before = stored[0].stat()
+    book.save_config(reversed(listed(project)))
+    assert sorted(book.configs.iterdir()) == stored
+    assert stored[0].stat().st_mtime_ns == before.st_mtime_ns  # not written again
+    project[".env"].write_text("VERSION=1.1.0\n", encoding="utf-8")
+    book.save_config(listed(project))
     assert len(list(book.configs.iterdir())) == 2
 
 
@@ -407,13 +444,19 @@ def test_a_missing_file_is_told_apart_from_an_unlisted_one(
     assert set(book.config_files(with_missing.digest)) == {"compose.yaml", ".env"}
 
 
-def test_config_snapshots_are_private_and_read_back(state: Path, project: dict[str, Path]) -> None:
+def test_config_snapshots_are_read_back(state: Path, project: dict[str, Path]) -> None:
     book = Ledger("demo")
     snapshot = book.save_config(listed(project))
     assert book.config_files(snapshot.digest) == {
         "compose.yaml": project["compose.yaml"].read_bytes(),
         ".env": project[".env"].read_bytes(),
     }
+    assert Ledger("demo").config_files(snapshot.digest) == book.config_files(snapshot.digest)
+
+
+def test_config_snapshot_files_are_private(file_state: Path, project: dict[str, Path]) -> None:
+    book = Ledger("demo")
+    snapshot = book.save_config(listed(project))
     assert stat.S_IMODE(book.configs.stat().st_mode) == 0o700
     assert stat.S_IMODE((book.configs / f"{snapshot.digest}.tar").stat().st_mode) == 0o600
     assert [p.name for p in book.configs.iterdir()] == [f"{snapshot.digest}.tar"]  # no .part

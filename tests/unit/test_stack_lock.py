@@ -1,10 +1,16 @@
-"""The stack lock: one holder, named; resumed by its own run; taken over only when safe."""
+"""The stack lock: one holder, named; resumed by its own run; taken over only when safe.
+
+The behaviour, racing processes included, runs on both state backends (``state`` is
+parametrized: files, and a real PostgreSQL database of the test's own); the file format
+(modes, a damaged ``lock.json``) is checked on files only (``file_state``).
+"""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
 import stat
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.queues import Queue
@@ -14,14 +20,27 @@ from pathlib import Path
 import pytest
 
 from opsflow.releases.lock import LockHolder, OwnerCheck, StackLock
+from support.state_backends import BACKENDS, backend_state, postgres_server
+
+__all__ = ["postgres_server"]  # the session's PostgreSQL, for the postgres variant
 
 HOUR = timedelta(hours=1)
 
 
+@pytest.fixture(params=BACKENDS)
+def state(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """``$OPSFLOW_STATE_DIR``, on each backend in turn."""
+    yield from backend_state(request, tmp_path / "state", monkeypatch)
+
+
 @pytest.fixture
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def file_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$OPSFLOW_STATE_DIR`` of the file backend, for checks of its file format."""
     root = tmp_path / "state"
     monkeypatch.setenv("OPSFLOW_STATE_DIR", str(root))
+    monkeypatch.delenv("OPSFLOW_STATE_BACKEND", raising=False)
     return root
 
 
@@ -51,6 +70,13 @@ def test_a_free_lock_is_acquired(state: Path) -> None:
     result = lock.acquire(owner, never_asked)
     assert (result.acquired, result.holder, result.note) == (True, owner, "")
     assert lock.holder() == owner
+    assert StackLock("demo").holder() == owner  # another process's view
+
+
+def test_the_lock_file_names_its_holder_privately(file_state: Path) -> None:
+    state = file_state
+    StackLock("demo").acquire(holder("run-1"), never_asked)
+    assert StackLock("demo").where == str(state / "demo" / "lock.json")
     data = json.loads((state / "demo" / "lock.json").read_text(encoding="utf-8"))
     assert (data["dag_id"], data["run_id"], data["stack"]) == ("demo__upgrade", "run-1", "demo")
     assert stat.S_IMODE((state / "demo" / "lock.json").stat().st_mode) == 0o600
@@ -151,7 +177,7 @@ def test_only_the_holder_releases_the_lock(state: Path) -> None:
     assert lock.holder() == first
     assert lock.release("demo__upgrade", "run-1") is None
     assert lock.holder() is None
-    assert not (state / "demo" / "lock.json").exists()
+    assert not (state / "demo" / "lock.json").exists()  # nor any file on another backend
     assert lock.release("demo__upgrade", "run-1") is None  # releasing twice is harmless
     second = holder("run-2")
     assert lock.acquire(second, never_asked).acquired
@@ -174,7 +200,8 @@ def test_bad_stack_names_are_refused(state: Path) -> None:
     "content",
     ["{not json", "", '["a", "list"]', '{"dag_id": "demo__upgrade"}', '{"surprise": 1}'],
 )
-def test_a_damaged_lock_file_is_reported_not_ignored(state: Path, content: str) -> None:
+def test_a_damaged_lock_file_is_reported_not_ignored(file_state: Path, content: str) -> None:
+    state = file_state
     path = state / "demo" / "lock.json"
     path.parent.mkdir(parents=True)
     path.write_text(content, encoding="utf-8")

@@ -85,7 +85,7 @@ class StackLockSensor(BaseSensorOperator):
             self.log.warning("%s", result.note)
         record.detail = f"held by this run until {owner.expires_at}"
         record.lines = [result.note] if result.note else []
-        self.log.info("Took the lock of stack %s: %s", self.stack_name, lock.path)
+        self.log.info("Took the lock of stack %s: %s", self.stack_name, lock.where)
         ti.xcom_push(key=RECORD_KEY, value=record.finish("ok"))
         return True
 

@@ -123,7 +123,7 @@ class UpgradePreflightOperator(ReleaseStepOperator):
         current = ledger.current()
         if current is None:
             raise AirflowFailException(
-                f"no release of {self.stack_name} is recorded in {ledger.path}: deploy one "
+                f"no release of {self.stack_name} is recorded in {ledger.where}: deploy one "
                 f"with {self.stack_name}__deploy first, so there is something to roll back to"
             )
         other = unsettled_elsewhere(ledger, own_id)

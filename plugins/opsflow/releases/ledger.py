@@ -1,8 +1,12 @@
 """The release ledger: every deploy, upgrade, rollback and restore of a stack, and what it left.
 
-It lives in files under ``$OPSFLOW_STATE_DIR/<stack>/`` rather than in Airflow's metadata
-database, because it must outlive ``airflow db clean`` and be readable when Airflow itself
-is down, which is exactly when an operator needs to know what ran last:
+It lives outside Airflow's metadata database, because it must outlive ``airflow db clean``
+and be readable when Airflow itself is down, which is exactly when an operator needs to
+know what ran last. Where it lives is a :class:`LedgerStore`: the embedded default is files
+under ``$OPSFLOW_STATE_DIR/<stack>/`` on one machine (below); with workers on many hosts it
+is one PostgreSQL database (``OPSFLOW_STATE_BACKEND=postgres``, :mod:`opsflow.state`),
+holding the same entries, legacy releases and snapshots as rows. What an entry means, and
+which of them count as releases, is decided here for both:
 
 - ``ledger.jsonl``: one JSON line per change of an entry (an entry is written when its
   action starts and again when it ends). The newest line of an entry wins. Appends are
@@ -11,7 +15,8 @@ is down, which is exactly when an operator needs to know what ran last:
   env file, listed config paths) a release ran with, so a rollback puts back the config
   that belonged to the release and not only its images.
 
-No Airflow imports: DAG tasks, image pruning and the benchmark all read it.
+No Airflow imports: DAG tasks, image pruning and the benchmark all read it. Constructing a
+``Ledger`` touches no file and no database; the first read or write does.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from opsflow.paths import make_private_dirs, stack_state_dir, write_atomic
 from opsflow.stack.model import check_version
+from opsflow.state.backend import POSTGRES, selected
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +147,50 @@ class ConfigSnapshot:
     files: dict[str, str]  # archive name -> sha256, or "missing"
 
 
-class Ledger:
-    """The ledger and config snapshots of one stack."""
+# A stored record: where it came from (for the warning when it is unreadable) and its JSON.
+Record = tuple[str, str | bytes]
 
-    def __init__(self, stack: str) -> None:
-        self.stack = stack
-        self.directory = stack_state_dir(stack)
-        self.path = self.directory / LEDGER_FILE
-        self.configs = self.directory / "configs"
 
-    # ------------------------------------------------------------------ entries
+class LedgerStore(Protocol):
+    """Where one stack's ledger is kept; it stores and returns, the ``Ledger`` decides."""
 
-    def write(self, entry: LedgerEntry) -> None:
-        """Append the entry's current state; readers see the newest line of each entry."""
-        if entry.stack != self.stack:
-            raise ValueError(f"entry of stack {entry.stack!r} written to the {self.stack} ledger")
-        line = json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
+    @property
+    def where(self) -> str: ...
+
+    def put_entry(self, entry_id: str, started_at: datetime, data: str) -> None:
+        """Keep ``data`` (the entry as JSON) as the entry's newest state."""
+
+    def entry_records(self) -> list[Record]:
+        """Every stored state of the entries, oldest write first."""
+
+    def legacy_records(self) -> list[Record]:
+        """The release history that preceded the ledger, in its order."""
+
+    def has_config(self, digest: str) -> bool: ...
+
+    def put_config(self, digest: str, data: bytes) -> bool: ...
+
+    def get_config(self, digest: str) -> bytes | None: ...
+
+
+class FileLedgerStore:
+    """``ledger.jsonl``, ``releases.jsonl`` and ``configs/`` in one stack's state directory.
+
+    Appends are fsynced under an exclusive ``flock``; one damaged line is skipped, never
+    fatal; a line cut short by a crash does not swallow the next one.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / LEDGER_FILE
+        self.legacy = directory / LEGACY_HISTORY_FILE
+        self.configs = directory / "configs"
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def put_entry(self, entry_id: str, started_at: datetime, data: str) -> None:
         make_private_dirs(self.directory)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
@@ -168,26 +202,89 @@ class Ledger:
                 # A line cut short by a crash must not swallow the new one.
                 last = os.pread(fd, 1, size - 1)
                 prefix = b"\n" if last != b"\n" else b""
-            os.write(fd, prefix + line.encode("utf-8"))
+            os.write(fd, prefix + data.encode("utf-8") + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)  # also releases the lock
+
+    def entry_records(self) -> list[Record]:
+        try:
+            content = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        return [
+            (f"line {number} of {self.path}", raw)
+            for number, raw in enumerate(content.splitlines(), start=1)
+            if raw.strip()
+        ]
+
+    def legacy_records(self) -> list[Record]:
+        try:
+            lines = self.legacy.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        return [(f"line of {self.legacy}", raw) for raw in lines]
+
+    def _config(self, digest: str) -> Path:
+        return self.configs / f"{digest}.tar"
+
+    def has_config(self, digest: str) -> bool:
+        return self._config(digest).exists()
+
+    def put_config(self, digest: str, data: bytes) -> bool:
+        make_private_dirs(self.configs)
+        write_atomic(self._config(digest), data)
+        return True
+
+    def get_config(self, digest: str) -> bytes | None:
+        path = self._config(digest)
+        return path.read_bytes() if path.is_file() else None
+
+
+def ledger_store(stack: str) -> LedgerStore:
+    """The store ``$OPSFLOW_STATE_BACKEND`` names for ``stack`` (nothing is opened yet)."""
+    directory = stack_state_dir(stack)
+    chosen = selected()
+    if chosen.kind == POSTGRES:
+        from opsflow.state.postgres import PostgresLedgerStore
+
+        return PostgresLedgerStore(stack, chosen.conn_id)
+    return FileLedgerStore(directory)
+
+
+class Ledger:
+    """The ledger and config snapshots of one stack."""
+
+    def __init__(self, stack: str, store: LedgerStore | None = None) -> None:
+        self.stack = stack
+        # The file locations, also under another backend (they are where an import reads).
+        self.directory = stack_state_dir(stack)
+        self.path = self.directory / LEDGER_FILE
+        self.configs = self.directory / "configs"
+        self.store = store if store is not None else ledger_store(stack)
+
+    @property
+    def where(self) -> str:
+        """Where the entries are kept, for messages: a file path or a database table."""
+        return self.store.where
+
+    # ------------------------------------------------------------------ entries
+
+    def write(self, entry: LedgerEntry) -> None:
+        """Store the entry's current state; readers see the newest state of each entry."""
+        if entry.stack != self.stack:
+            raise ValueError(f"entry of stack {entry.stack!r} written to the {self.stack} ledger")
+        self.store.put_entry(entry.entry_id, *entry_record(entry))
         log.info("ledger %s: %s", self.stack, entry.describe())
 
     def entries(self) -> list[LedgerEntry]:
         """Every entry in its newest state, in the order the entries were started."""
-        try:
-            content = self.path.read_bytes()
-        except FileNotFoundError:
-            content = b""
         found: dict[str, LedgerEntry] = {}
-        for number, raw in enumerate(content.splitlines(), start=1):
-            if not raw.strip():
-                continue
+        for where, raw in self.store.entry_records():
             try:
                 entry = LedgerEntry.from_dict(json.loads(raw))
             except (ValueError, TypeError) as exc:
-                log.warning("skipping unreadable line %s of %s: %s", number, self.path, exc)
+                log.warning("skipping unreadable %s: %s", where, exc)
                 continue
             found[entry.entry_id] = entry
         return sorted(found.values(), key=lambda e: e.started_at)
@@ -198,7 +295,7 @@ class Ledger:
     def releases(self) -> list[Release]:
         """Releases that ran, oldest first: every successful deploy, upgrade and rollback,
         plus the lines of the release history that preceded this ledger."""
-        found = self._legacy_releases()
+        found = self.legacy_releases()
         for entry in self.entries():
             if entry.action in RELEASE_ACTIONS and entry.outcome == "succeeded":
                 images = {
@@ -235,14 +332,10 @@ class Ledger:
             if e.backup_id and e.action == "upgrade" and e.from_version == version
         ]
 
-    def _legacy_releases(self) -> list[Release]:
-        path = self.directory / LEGACY_HISTORY_FILE
-        try:
-            lines = path.read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
+    def legacy_releases(self) -> list[Release]:
+        """The readable lines of the release history that preceded the ledger, in order."""
         found = []
-        for raw in lines:
+        for where, raw in self.store.legacy_records():
             try:
                 data = json.loads(raw)
                 found.append(
@@ -255,7 +348,7 @@ class Ledger:
                     )
                 )
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                log.warning("skipping unreadable line of %s: %s", path, exc)
+                log.warning("skipping unreadable %s: %s", where, exc)
                 continue
         return found
 
@@ -281,8 +374,7 @@ class Ledger:
             for name, data in sorted(contents.items())
         }
         digest = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
-        target = self.configs / f"{digest}.tar"
-        if not target.exists():
+        if not self.store.has_config(digest):
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for name, data in sorted(contents.items()):
@@ -291,19 +383,18 @@ class Ledger:
                     info = tarfile.TarInfo(name)
                     info.size, info.mode = len(data), 0o600
                     tar.addfile(info, io.BytesIO(data))
-            make_private_dirs(self.configs)
-            write_atomic(target, buffer.getvalue())
+            self.store.put_config(digest, buffer.getvalue())
         return ConfigSnapshot(digest, digests)
 
     def config_files(self, digest: str) -> dict[str, bytes]:
         """The stored files of a config snapshot, by archive name."""
         if not _DIGEST.fullmatch(digest or ""):
             raise ValueError(f"invalid config digest {digest!r}")
-        path = self.configs / f"{digest}.tar"
-        if not path.is_file():
+        archive = self.store.get_config(digest)
+        if archive is None:
             raise FileNotFoundError(f"config snapshot {digest[:12]} of {self.stack} is missing")
         found: dict[str, bytes] = {}
-        with tarfile.open(path, mode="r") as tar:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
             for member in tar.getmembers():
                 handle = tar.extractfile(member) if member.isfile() else None
                 if handle is not None:
@@ -332,6 +423,12 @@ class Ledger:
             path.chmod(mode)
             changed.append(name)
         return changed
+
+
+def entry_record(entry: LedgerEntry) -> tuple[datetime, str]:
+    """When the entry started and its JSON, as every store keeps them."""
+    data = json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":"))
+    return _parse_time(entry.started_at), data
 
 
 def newest_distinct(recorded: list[Release], count: int) -> list[Release]:
