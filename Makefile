@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-stop replica replica-stop replica-known test lint unit bench-parse bench-logs bench-backup bench-rollback bench-mttr clean
+.PHONY: setup demo demo-stop replica replica-stop replica-known prod-smoke test lint unit bench-parse bench-logs bench-backup bench-rollback bench-mttr clean
 
 setup:
 	scripts/setup.sh
@@ -28,6 +28,12 @@ replica-stop: replica-known
 # Before `setup` installs anything: an unknown SYSTEM is named with the five (stdlib only).
 replica-known:
 	@python3 scripts/replica.py check "$${SYSTEM-}"
+
+# docker-compose.airflow.yml for real (images built here, PostgreSQL, Celery, API server,
+# scheduler, DAG processor, triggerer) plus one edge worker on this machine: the demo's
+# deploy and backup run on them, then everything is torn down. About 10 minutes.
+prod-smoke: setup
+	$(PYTHON) scripts/prod_smoke.py
 
 lint: setup
 	.venv/bin/ruff check plugins dags tests scripts
