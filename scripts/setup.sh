@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages used on the host: real PostgreSQL and Redis servers for the health-check
 # tests, the clients the runbooks call (pg_dump, redis-cli, redis-check-rdb, zstd) and GNU
-# time (peak memory in make bench-logs).
-HOST_PACKAGES=(postgresql-15 postgresql-client-15 redis-server redis-tools zstd time)
+# time (peak memory in make bench-logs), iproute2 (the edge-worker tests' network namespaces).
+HOST_PACKAGES=(postgresql-15 postgresql-client-15 redis-server redis-tools zstd time iproute2)
 
 missing=()
 for pkg in "${HOST_PACKAGES[@]}"; do
