@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from demo_copy import DEMO_DIR, moved_demo_stack
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_DIR = REPO / "include" / "demo"
 PROJECT = "opsflow-prod-smoke"
 STACK_PROJECT = "opsflow-smoke"
 IMAGE_PREFIX = "opsflow-smoke"
@@ -165,23 +165,7 @@ class Smoke:
             path.chmod(0o644)
 
     def stack(self) -> dict[str, Any]:
-        stack: dict[str, Any] = yaml.safe_load(
-            (REPO / "include" / "stacks" / "demo.yaml").read_text()
-        )
-        stack["runtime"]["project"] = STACK_PROJECT
-        stack["runtime"]["working_dir"] = str(DEMO_DIR)
-        api = self.ports["API"]
-        for service in stack["services"]:
-            _repository, _, rest = service["image"].partition("/")
-            service["image"] = f"{IMAGE_PREFIX}/{rest}"
-            for check in service["health"]:
-                if check["kind"] == "http":
-                    check["url"] = check["url"].replace(":18080/", f":{api}/")
-                if check["kind"] == "tcp":
-                    check["port"] = api
-        for root in stack["logs"]["roots"]:
-            if root.get("volume") == "opsflow-demo_applogs":
-                root["volume"] = f"{STACK_PROJECT}_applogs"
+        stack = moved_demo_stack(STACK_PROJECT, IMAGE_PREFIX, self.ports["API"])
         stack["backup"]["local_dir"] = str(self.backups)
         stack["alerts"] = []
         stack["placement"] = {"queue": QUEUE}

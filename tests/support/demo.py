@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import demo_copy
 import pytest
 import yaml
 
@@ -153,27 +154,13 @@ def without_demo_settings(environ: Mapping[str, str]) -> dict[str, str]:
 
 def prefixed_image(demo_ref: str, prefix: str = TEST_IMAGE_PREFIX) -> str:
     """``opsflow-demo/api`` -> ``opsflow-test/api``: a demo image name under a test's prefix."""
-    repository, sep, rest = demo_ref.partition("/")
-    assert sep and repository == "opsflow-demo", f"not a demo image name: {demo_ref!r}"
-    return f"{prefix}/{rest}"
+    return demo_copy.prefixed_image(demo_ref, prefix)
 
 
 def _stack_file(api_port: int, target: Path) -> None:
     """The demo stack file, moved to its own project, ports and image names, with a quicker
     gate. The compose file takes the image names from ``DEMO_IMAGE_PREFIX`` (see env)."""
-    stack = yaml.safe_load((REPO_ROOT / "include" / "stacks" / "demo.yaml").read_text())
-    stack["runtime"]["project"] = E2E_PROJECT
-    stack["runtime"]["working_dir"] = str(DEMO_DIR)
-    for service in stack["services"]:
-        service["image"] = prefixed_image(service["image"])
-        for check in service["health"]:
-            if check["kind"] == "http":
-                check["url"] = check["url"].replace(":18080/", f":{api_port}/")
-            if check["kind"] == "tcp":
-                check["port"] = api_port
-    for root in stack["logs"]["roots"]:
-        if root.get("volume") == "opsflow-demo_applogs":
-            root["volume"] = f"{E2E_PROJECT}_applogs"
+    stack = demo_copy.moved_demo_stack(E2E_PROJECT, TEST_IMAGE_PREFIX, api_port)
     stack["health_gate"] = {"consecutive": 2, "interval": "1s", "timeout": "20s"}
     target.write_text(yaml.safe_dump(stack, sort_keys=False))
 

@@ -62,7 +62,8 @@ class RuntimeStepOperator(StepOperator):
 
     def run(self, record: StepRecord, context: Context) -> dict[str, Any]:
         record.version = version = check_version(str(self.version))
-        runtime = runtime_for(run_stack(self.stack_name))
+        stack = run_stack(self.stack_name)
+        runtime = runtime_for(stack)
         commands = runtime.commands(self.step, version)
         record.commands = [shlex.join(argv) for argv in commands]
         ledger = Ledger(self.stack_name)
@@ -77,7 +78,7 @@ class RuntimeStepOperator(StepOperator):
         if entry is not None and self.step == "migrate":
             self._note_migration_start(ledger, entry)
         if commands and not record.dry_run:
-            event = self._wait_if_waiting(runtime, version)
+            event = self._wait_if_waiting(runtime, version, here=stack.placement is not None)
             if event is not None:
                 return self.resume(record, context, event)
         steps: list[list[str] | None] = [*commands] if commands else [None]
@@ -106,7 +107,9 @@ class RuntimeStepOperator(StepOperator):
             entry.notes.append(f"applied {digest}")
             ledger.write(entry)
 
-    def _wait_if_waiting(self, runtime: Runtime, version: str) -> dict[str, Any] | None:
+    def _wait_if_waiting(
+        self, runtime: Runtime, version: str, *, here: bool
+    ) -> dict[str, Any] | None:
         """A step that only waits once started (a Kubernetes migration Job) waits in the
         triggerer, or in this worker for a stack placed on its own host (the event is
         returned); :meth:`resume` finishes it."""
@@ -118,7 +121,7 @@ class RuntimeStepOperator(StepOperator):
             return None
         from opsflow.triggers.job import JobTrigger
 
-        if run_stack(self.stack_name).placement is not None:
+        if here:
             from opsflow.triggers.here import first_event
 
             self.log.info("Waiting for Job %s in this worker, on the stack's host", wait["job"])
